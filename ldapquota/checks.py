@@ -1,0 +1,141 @@
+"""``--check-config``: everything that can be verified before a real run, with advice.
+
+Each check yields a Finding; the CLI prints them and exits with the code of the worst.
+Writing rights are checked with OpenLDAP's No-Op control where the server offers it: the
+server runs the modify through its ACL and schema checks and keeps nothing.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List
+
+from ldapquota.config import Config
+from ldapquota.directory import ATTR_OVER, SCHEMA_FILE, Directory, EntryWriteError, NoOpUnsupported
+from ldapquota.errors import (
+    EX_CONFIG,
+    EX_NOPERM,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    LdapQuotaError,
+    SafetyRefusal,
+)
+from ldapquota.sync import check_mail_root
+
+OK, WARNING, FAILED = "ok", "warning", "FAILED"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    message: str
+    exit_code: int = EX_OK
+
+    def __str__(self) -> str:
+        return f"{self.level:7s} {self.message}"
+
+
+def run_checks(config: Config, connect: Callable[[], Directory]) -> Iterator[Finding]:
+    """The checks in order; stops after a failure that makes the rest meaningless."""
+    yield Finding(OK, f"config file {config.path} is valid")
+    try:
+        check_mail_root(config.mailboxes.root)
+        yield Finding(OK, f"mailboxes.root {config.mailboxes.root} exists and is not empty")
+    except SafetyRefusal as exc:
+        yield Finding(FAILED, str(exc).replace(". Use --force to sync anyway", ""), EX_TEMPFAIL)
+
+    try:
+        directory = connect()
+    except LdapQuotaError as exc:
+        yield Finding(FAILED, str(exc), exc.exit_code)
+        return
+    with directory:
+        who = config.ldap.bind_dn or "anonymous"
+        yield Finding(OK, f"connected to {directory.server_uri} and bound as {who}")
+        try:
+            yield from _schema(directory)
+            yield from _accounts(config, directory)
+        except LdapQuotaError as exc:
+            yield Finding(FAILED, str(exc), exc.exit_code)
+
+
+def _schema(directory: Directory) -> Iterator[Finding]:
+    missing = directory.missing_schema()
+    if missing:
+        yield Finding(
+            FAILED,
+            f"the directory's schema lacks {', '.join(missing)}: load {SCHEMA_FILE} "
+            f"(cn=config: ldapadd -Y EXTERNAL -H ldapi:/// -f {SCHEMA_FILE}; slapd.conf: include "
+            "schema/ldapquota.schema)",
+            EX_CONFIG,
+        )
+    else:
+        yield Finding(OK, "schema: isOverQuota, quotaFreeBytes, quotaSyncTime and ldapQuotaStatus are known")
+
+
+def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
+    address_attribute = config.accounts.address_attribute
+    seen: Dict[str, int] = {}
+    first_dn = None
+    first_state = None
+    first_has_class = False
+    count = 0
+    without_address = 0
+    for entry in directory.search_accounts([address_attribute, ATTR_OVER, "objectClass"]):
+        count += 1
+        if first_dn is None:
+            first_dn, first_state, first_has_class = entry.dn, entry.quota_state, entry.has_quota_class
+        values = entry.values(address_attribute)
+        if not values:
+            without_address += 1
+        for value in values:
+            key = value.lower()
+            seen[key] = seen.get(key, 0) + 1
+    yield Finding(OK, f"search of {config.ldap.base_dn} for {config.ldap.filter} is complete: {count} accounts")
+    if count == 0:
+        yield Finding(WARNING, "no account matches ldap.filter under ldap.base_dn")
+    if without_address:
+        yield Finding(WARNING, f"{without_address} accounts have no {address_attribute}")
+    duplicates = sorted(address for address, n in seen.items() if n > 1)
+    if duplicates:
+        shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
+        yield Finding(
+            WARNING,
+            f"{len(duplicates)} addresses belong to more than one account ({shown}); the MTA lookup "
+            "must match exactly one entry, so mail to them will be deferred (4xx)",
+        )
+
+    if first_dn is not None:
+        assert first_state is not None
+        yield from _noop_write(
+            f"write isOverQuota and quotaFreeBytes on accounts (tried on {first_dn})",
+            lambda: directory.write_state(first_dn, first_state, first_state, first_has_class, noop=True),
+        )
+    status_dn = config.ldap.status_dn
+    if status_dn:
+        entry = directory.read_entry(status_dn, ["objectClass"])
+        if entry is None:
+            yield Finding(FAILED, f"ldap.status_dn {status_dn} does not exist; create it (quotaSyncTime is kept there)", EX_CONFIG)
+        else:
+            yield from _noop_write(f"write quotaSyncTime on {status_dn}", lambda: directory.write_sync_time(status_dn, 0, noop=True))
+    else:
+        yield Finding(WARNING, "ldap.status_dn is not set: quotaSyncTime will not be recorded, so MTAs cannot tell stale flags")
+
+
+def _noop_write(what: str, attempt: Callable[[], None]) -> Iterator[Finding]:
+    try:
+        attempt()
+    except NoOpUnsupported:
+        yield Finding(WARNING, f"could not check that ldapquota may {what}: the server does not support "
+                               "the No-Op control; a refused write will end a --sync with exit 77")
+    except EntryWriteError as exc:
+        yield Finding(FAILED, f"{what}: {exc}", EX_UNAVAILABLE)
+    except LdapQuotaError as exc:
+        yield Finding(FAILED, f"{what}: {exc}", exc.exit_code if exc.exit_code else EX_NOPERM)
+    else:
+        yield Finding(OK, f"ldapquota may {what} (checked with the No-Op control; nothing written)")
+
+
+def worst_exit_code(findings: List[Finding]) -> int:
+    codes = [f.exit_code for f in findings if f.exit_code]
+    return codes[0] if codes else EX_OK
+

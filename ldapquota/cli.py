@@ -1,0 +1,196 @@
+"""The command line (SPEC §6): parse flags, pick the mode, map errors to exit codes.
+
+Modes: ``--sync`` (one pass), ``--check-config``, ``--show ADDRESS``, ``--exim-config``,
+and, with none of them, the daemon. Every failure the operator must act on is an
+:class:`~ldapquota.errors.LdapQuotaError` with its exit code; anything else is a bug and
+ends with a traceback and EX_SOFTWARE.
+"""
+
+import argparse
+import logging
+import sys
+import time
+from typing import NoReturn, Optional, Sequence, TextIO
+
+from ldapquota import __version__
+from ldapquota import log as logsetup
+from ldapquota.config import Config, default_config_path, load_config
+from ldapquota.directory import Directory
+from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, LdapQuotaError
+from ldapquota.sync import Change, SyncReport, run_sync
+
+log = logging.getLogger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage; sysexits (SPEC §6) says 64."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ldapquota",
+        description="Measure maildirs and keep isOverQuota in LDAP, so MTAs can refuse mail "
+        "for full mailboxes at RCPT time. Without a mode option it runs as a daemon.",
+    )
+    parser.add_argument("-c", "--config", metavar="FILE", help=f"config file (default: $LDAPQUOTA_CONFIG or {default_config_path({})})")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--sync", action="store_true", help="one full pass, then exit")
+    modes.add_argument("--check-config", action="store_true", help="validate the config, reach LDAP, check schema and rights")
+    modes.add_argument("--show", metavar="ADDRESS", help="one account: limit, usage, flag, decision and why")
+    modes.add_argument("--exim-config", action="store_true", help="print Exim configuration blocks for this config")
+    parser.add_argument("--dry-run", action="store_true", help="with --sync: print each change, write nothing")
+    parser.add_argument("--force", action="store_true", help="with --sync: override the safety rules (empty mail root, too many flips)")
+    parser.add_argument("--mode", choices=("defer", "fail"), default="defer", help="with --exim-config: 452 (defer, default) or 552 (fail)")
+    parser.add_argument("--foreground", action="store_true", help="daemon: stay attached (for systemd Type=simple)")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more detail (debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary line")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.dry_run or args.force) and not args.sync:
+        parser.error("--dry-run and --force go with --sync")
+    if args.mode != "defer" and not args.exim_config:
+        parser.error("--mode goes with --exim-config")
+    if args.foreground and (args.sync or args.check_config or args.show or args.exim_config):
+        parser.error("--foreground is for the daemon; it does not go with a one-shot mode")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_combinations(parser, args)
+    verbosity = -1 if args.quiet else args.verbose
+    # Until the config says otherwise, problems go to stderr.
+    logsetup.configure("stderr", "info", verbosity)
+    try:
+        config = load_config(args.config or default_config_path())
+        if args.exim_config:
+            return _exim_config(config, args.mode)
+        if args.check_config:
+            return _check_config(config)
+        if args.show:
+            return _show(config, args.show)
+        if args.sync:
+            return _sync(config, args, verbosity)
+        return _daemon(config, args, verbosity)
+    except LdapQuotaError as exc:
+        print(f"ldapquota: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ldapquota: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: show it whole
+        logging.getLogger("ldapquota").exception("internal error")
+        return EX_SOFTWARE
+
+
+# --------------------------------------------------------------------------- --sync
+
+
+def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
+    progress = TerminalProgress(sys.stderr) if not args.quiet and sys.stderr.isatty() else None
+    report: Optional[SyncReport] = None
+    directory = Directory(config.ldap)
+    try:
+        with directory.connect():
+            report = run_sync(
+                config,
+                directory,
+                dry_run=args.dry_run,
+                force=args.force,
+                progress=progress.update if progress else None,
+                on_change=_print_would_change if args.dry_run else None,
+            )
+    finally:
+        if progress:
+            progress.finish()
+    prefix = "dry run: " if args.dry_run else ""
+    print(f"ldapquota: {prefix}{report.summary()}")
+    return EX_PARTIAL if report.errors else EX_OK
+
+
+def _print_would_change(change: Change) -> None:
+    print(f"would change {change.describe()}  [{change.dn}]")
+
+
+class TerminalProgress:
+    """A one-line progress display for long syncs started on a terminal."""
+
+    def __init__(self, stream: TextIO, every: float = 0.5):
+        self.stream = stream
+        self.every = every
+        self.started = time.monotonic()
+        self.shown_at = 0.0
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.shown_at < self.every:
+            return
+        self.shown_at = now
+        rate = done / max(now - self.started, 1e-6)
+        self.stream.write(f"\rldapquota: {done} accounts measured ({rate:.0f}/s)\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------- --check-config
+
+
+def _check_config(config: Config) -> int:
+    from ldapquota.checks import run_checks, worst_exit_code
+
+    findings = []
+    for finding in run_checks(config, lambda: Directory(config.ldap).connect()):
+        print(finding)
+        findings.append(finding)
+    code = worst_exit_code(findings)
+    print("ldapquota: configuration OK" if code == EX_OK else "ldapquota: configuration has problems (see FAILED above)")
+    return code
+
+
+# --------------------------------------------------------------------------- --show
+
+
+def _show(config: Config, address: str) -> int:
+    from ldapquota.show import describe_accounts
+
+    with Directory(config.ldap).connect() as directory:
+        lines, code = describe_accounts(config, directory, address)
+    print("\n".join(lines))
+    return code
+
+
+# --------------------------------------------------------------------------- --exim-config
+
+
+def _exim_config(config: Config, mode: str) -> int:
+    from ldapquota.exim import render_exim_config
+
+    sys.stdout.write(render_exim_config(config, mode))
+    return EX_OK
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def _daemon(config: Config, args: argparse.Namespace, verbosity: int) -> int:
+    try:
+        from ldapquota import daemon
+    except ImportError:
+        print("ldapquota: this build has no daemon yet; run ldapquota --sync from cron", file=sys.stderr)
+        return EX_USAGE
+    return daemon.run(config, foreground=args.foreground, verbosity=verbosity, config_path=args.config)
+

@@ -1,0 +1,474 @@
+"""The YAML config file (SPEC §7) → a validated, frozen :class:`Config`.
+
+Every key is declared once in ``_SCHEMA`` with its default and its converter. Unknown keys,
+wrong types, bad sizes and unreadable password files raise :class:`ConfigError` naming the
+file, the line and the dotted key, so the operator can go straight to the mistake.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+from ldapquota.errors import ConfigError
+from ldapquota.paths import PathTemplate
+from ldapquota.quota import Limit, Policy, parse_maildirpp_limit
+from ldapquota.units import ChangeLimit, parse_change_limit, parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = "/etc/ldapquota/ldapquota.yaml"
+CONFIG_ENV = "LDAPQUOTA_CONFIG"
+
+
+# --------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    uris: Tuple[str, ...]
+    base_dn: str
+    bind_dn: Optional[str] = None
+    bind_password_file: Optional[str] = None
+    # The secret itself: never printed, never in repr() (and so never in a traceback).
+    bind_password: Optional[str] = field(default=None, repr=False)
+    start_tls: bool = False
+    ca_file: Optional[str] = None
+    filter: str = "(objectClass=inetOrgPerson)"
+    status_dn: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    address_attribute: str = "mail"
+    quota_attribute: Optional[str] = "mailQuota"
+    quota_unit: Optional[int] = 1  # bytes per unit; None means "maildir++"
+    default_quota: Optional[Limit] = None
+    mailbox_attribute: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MailboxesConfig:
+    root: str
+    path: PathTemplate = PathTemplate.parse("{domain}/{localpart}/Maildir")
+    count_trash: bool = True
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    over_percent: float = 100
+    clear_percent: float = 100
+    free_margin: int = 50 * 1024**2
+    max_changes: ChangeLimit = ChangeLimit(percent=10)
+
+    @property
+    def thresholds(self) -> Policy:
+        return Policy(self.over_percent, self.clear_percent, self.free_margin)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    pidfile: str = "/run/ldapquota/ldapquota.pid"
+    interval: float = 3600.0
+    account_refresh: float = 60.0
+    watch: bool = True
+    user: Optional[str] = None
+    group: Optional[str] = None
+    debounce: float = 0.5  # wait after a mailbox's first event before measuring it
+    over_recheck: float = 30.0  # re-measure mailboxes that are over quota this often
+    poll_interval: float = 30.0  # stat polling of mailboxes inotify does not watch
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    target: str = "stderr"  # stderr | syslog | a file path
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class MtaConfig:
+    bind_dn: Optional[str] = None
+    bind_password_file: Optional[str] = None
+    on_ldap_error: str = "defer"  # defer | accept
+    defer_text: str = "452 4.2.2 Mailbox full"
+    fail_text: str = "552 5.2.2 Mailbox full"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    ldap: LdapConfig
+    accounts: AccountsConfig
+    mailboxes: MailboxesConfig
+    policy: PolicyConfig
+    daemon: DaemonConfig
+    logging: LoggingConfig
+    mta: MtaConfig
+
+
+# --------------------------------------------------------------------------- converters
+# Each takes the YAML value and returns the typed value or raises ValueError(sentence).
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {_show(value)}")
+    return value.strip()
+
+
+def _optional_string(value: Any) -> Optional[str]:
+    return None if value is None else _string(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _percent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return _percent(_number(value.strip()[:-1]))
+        raise ValueError(f"expected a percentage such as 100, got {_show(value)}")
+    if not 0 < value <= 1000:
+        raise ValueError(f"a percentage must be above 0 and at most 1000, got {value}")
+    return float(value)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
+def _uris(value: Any) -> Tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("at least one LDAP URI is needed")
+    uris = []
+    for item in items:
+        uri = _string(item)
+        if not re.match(r"^(ldap|ldaps)://[^/?#]*/?$", uri, re.IGNORECASE):
+            raise ValueError(f"{uri!r} is not an ldap:// or ldaps:// URI of a server (host[:port])")
+        uris.append(uri)
+    return tuple(uris)
+
+
+def _filter(value: Any) -> str:
+    text = _string(value)
+    depth = 0
+    escaped_ok = True
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                escaped_ok = False
+                break
+    if not (text.startswith("(") and text.endswith(")")) or depth != 0 or not escaped_ok:
+        raise ValueError(f"{text!r} is not an LDAP filter in parentheses, e.g. (objectClass=inetOrgPerson)")
+    return text
+
+
+def _attribute(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^[A-Za-z][A-Za-z0-9-]*(;[A-Za-z0-9-]+)*$", text):
+        raise ValueError(f"{text!r} is not an LDAP attribute name")
+    return text
+
+
+def _optional_attribute(value: Any) -> Optional[str]:
+    return None if value is None else _attribute(value)
+
+
+def _quota_unit(value: Any) -> Optional[int]:
+    if isinstance(value, str) and value.strip().lower() in ("maildir++", "maildirpp"):
+        return None
+    unit = parse_size(value)
+    if unit <= 0:
+        raise ValueError("quota_unit must be at least 1 byte, or \"maildir++\"")
+    return unit
+
+
+def _default_quota(value: Any) -> Optional[Limit]:
+    if value is None:
+        return None
+    if isinstance(value, str) and re.search(r"\d[SC]\b", value.strip()):
+        return parse_maildirpp_limit(value)
+    return Limit(bytes=parse_size(value))
+
+
+def _directory_path(value: Any) -> str:
+    text = _string(value)
+    if not os.path.isabs(text):
+        raise ValueError(f"{text!r} must be an absolute path")
+    return os.path.normpath(text)
+
+
+def _template(value: Any) -> PathTemplate:
+    text = _string(value)
+    if os.path.isabs(text):
+        raise ValueError(f"{text!r} must be relative to mailboxes.root")
+    return PathTemplate.parse(text)
+
+
+def _on_ldap_error(value: Any) -> str:
+    text = _string(value).lower()
+    if text not in ("defer", "accept"):
+        raise ValueError(f"expected defer or accept, got {_show(value)}")
+    return text
+
+
+def _log_level(value: Any) -> str:
+    text = _string(value).lower()
+    if text not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"expected debug, info, warning or error, got {_show(value)}")
+    return text
+
+
+def _log_target(value: Any) -> str:
+    text = _string(value)
+    if text not in ("stderr", "syslog") and not os.path.isabs(text):
+        raise ValueError(f"expected stderr, syslog or an absolute file path, got {text!r}")
+    return text
+
+
+def _smtp_text(kind: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _string(value)
+        if not re.match(rf"^{kind}\d\d \S", text) or "\n" in text or "}" in text:
+            raise ValueError(f"expected an SMTP reply such as {kind}52 ... starting with {kind}xx, no newline or braces")
+        return text
+
+    return convert
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}"
+
+
+# --------------------------------------------------------------------------- the schema
+
+_REQUIRED = object()
+
+# section → key → (default, converter). The defaults are SPEC §7's.
+_SCHEMA: Dict[str, Dict[str, Tuple[Any, Callable[[Any], Any]]]] = {
+    "ldap": {
+        "uri": (_REQUIRED, _uris),
+        "bind_dn": (None, _optional_string),
+        "bind_password_file": (None, _optional_string),
+        "start_tls": (False, _boolean),
+        "ca_file": (None, _optional_string),
+        "base_dn": (_REQUIRED, _string),
+        "filter": ("(objectClass=inetOrgPerson)", _filter),
+        "status_dn": (None, _optional_string),
+    },
+    "accounts": {
+        "address_attribute": ("mail", _attribute),
+        "quota_attribute": ("mailQuota", _optional_attribute),
+        "quota_unit": (1, _quota_unit),
+        "default_quota": (None, _default_quota),
+        "mailbox_attribute": (None, _optional_attribute),
+    },
+    "mailboxes": {
+        "root": (_REQUIRED, _directory_path),
+        "path": ("{domain}/{localpart}/Maildir", _template),
+        "count_trash": (True, _boolean),
+    },
+    "policy": {
+        "over_percent": (100, _percent),
+        "clear_percent": (100, _percent),
+        "free_margin": ("50MiB", parse_size),
+        "max_changes": ("10%", parse_change_limit),
+    },
+    "daemon": {
+        "pidfile": ("/run/ldapquota/ldapquota.pid", _directory_path),
+        "interval": ("1h", parse_duration),
+        "account_refresh": ("60s", parse_duration),
+        "watch": (True, _boolean),
+        "user": (None, _optional_string),
+        "group": (None, _optional_string),
+        "debounce": ("0.5s", parse_duration),
+        "over_recheck": ("30s", parse_duration),
+        "poll_interval": ("30s", parse_duration),
+    },
+    "logging": {
+        "target": ("stderr", _log_target),
+        "level": ("info", _log_level),
+    },
+    "mta": {
+        "bind_dn": (None, _optional_string),
+        "bind_password_file": (None, _optional_string),
+        "on_ldap_error": ("defer", _on_ldap_error),
+        "defer_text": ("452 4.2.2 Mailbox full", _smtp_text("4")),
+        "fail_text": ("552 5.2.2 Mailbox full", _smtp_text("5")),
+    },
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Located:
+    """Values of one YAML file with the line of every key, for error messages."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.values: Dict[str, Dict[str, Any]] = {}
+        self.lines: Dict[str, int] = {}
+
+    def where(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.path}, line {line}" if line else self.path
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)}: {key}: {message}")
+
+
+def _parse_yaml(path: str, text: str) -> _Located:
+    located = _Located(path)
+    try:
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from None
+    if document is None:
+        return located
+    if not isinstance(document, yaml.MappingNode):
+        raise ConfigError(f"{path}, line {document.start_mark.line + 1}: the file must be a mapping of sections (ldap:, accounts:, ...)")
+    constructor = yaml.SafeLoader("")
+    for section_node, body in document.value:
+        section = constructor.construct_object(section_node)
+        located.lines[str(section)] = section_node.start_mark.line + 1
+        if section not in _SCHEMA:
+            raise located.error(str(section), f"unknown section; known sections are {', '.join(_SCHEMA)}")
+        if section in located.values:
+            raise located.error(section, "section given twice")
+        located.values[section] = {}
+        if isinstance(body, yaml.ScalarNode) and body.tag == "tag:yaml.org,2002:null":
+            continue
+        if not isinstance(body, yaml.MappingNode):
+            raise located.error(section, "expected a mapping of keys under this section")
+        for key_node, value_node in body.value:
+            key = constructor.construct_object(key_node)
+            dotted = f"{section}.{key}"
+            located.lines[dotted] = key_node.start_mark.line + 1
+            if key not in _SCHEMA[section]:
+                known = ", ".join(_SCHEMA[section])
+                raise located.error(dotted, f"unknown key; keys of {section}: are {known}")
+            if key in located.values[section]:
+                raise located.error(dotted, "key given twice")
+            try:
+                located.values[section][key] = constructor.construct_object(value_node, deep=True)
+            except yaml.YAMLError as exc:
+                raise located.error(dotted, f"bad value: {exc}") from None
+    return located
+
+
+def _convert(located: _Located) -> Dict[str, Dict[str, Any]]:
+    converted: Dict[str, Dict[str, Any]] = {}
+    for section, keys in _SCHEMA.items():
+        given = located.values.get(section, {})
+        converted[section] = {}
+        for key, (default, converter) in keys.items():
+            dotted = f"{section}.{key}"
+            if key not in given:
+                if default is _REQUIRED:
+                    raise located.error(dotted, "is required but missing")
+                value = default
+            else:
+                value = given[key]
+            try:
+                converted[section][key] = converter(value)
+            except ValueError as exc:
+                raise located.error(dotted, str(exc)) from None
+    return converted
+
+
+def _read_secret(located: _Located, key: str, path: Optional[str]) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read()
+    except OSError as exc:
+        raise located.error(key, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise located.error(key, f"{path} is not UTF-8 text") from None
+    # One trailing newline is what editors and `echo` leave; the password is the rest.
+    secret = secret[:-1] if secret.endswith("\n") else secret
+    if not secret:
+        raise located.error(key, f"{path} is empty")
+    return secret
+
+
+def _cross_checks(located: _Located, values: Dict[str, Dict[str, Any]]) -> None:
+    policy = values["policy"]
+    if policy["clear_percent"] > policy["over_percent"]:
+        raise located.error(
+            "policy.clear_percent",
+            f"{policy['clear_percent']:g} is above over_percent {policy['over_percent']:g}; "
+            "a mailbox must be cleared at or below the level that sets it",
+        )
+    ldap = values["ldap"]
+    if ldap["bind_password_file"] and not ldap["bind_dn"]:
+        raise located.error("ldap.bind_password_file", "given without ldap.bind_dn")
+    if ldap["start_tls"] and any(uri.lower().startswith("ldaps://") for uri in ldap["uris"]):
+        raise located.error("ldap.start_tls", "cannot be combined with an ldaps:// URI (TLS is already on)")
+    if ldap["ca_file"] and not os.access(ldap["ca_file"], os.R_OK):
+        raise located.error("ldap.ca_file", f"cannot read {ldap['ca_file']}")
+    mta = values["mta"]
+    if mta["bind_password_file"] and not mta["bind_dn"]:
+        raise located.error("mta.bind_password_file", "given without mta.bind_dn")
+    template: PathTemplate = values["mailboxes"]["path"]
+    if values["accounts"]["mailbox_attribute"] is None and not template.parts:
+        raise located.error("mailboxes.path", "is empty")
+
+
+def load_config(path: str) -> Config:
+    """Read, validate and freeze the config at ``path``. Raises ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Validate config text (the body of :func:`load_config`, usable on strings in tests)."""
+    located = _parse_yaml(path, text)
+    values = _convert(located)
+    _cross_checks(located, values)
+    ldap = dict(values["ldap"])
+    ldap["uris"] = ldap.pop("uri")
+    ldap["bind_password"] = _read_secret(located, "ldap.bind_password_file", ldap["bind_password_file"])
+    return Config(
+        path=path,
+        ldap=LdapConfig(**ldap),
+        accounts=AccountsConfig(**values["accounts"]),
+        mailboxes=MailboxesConfig(**values["mailboxes"]),
+        policy=PolicyConfig(**values["policy"]),
+        daemon=DaemonConfig(**values["daemon"]),
+        logging=LoggingConfig(**values["logging"]),
+        mta=MtaConfig(**values["mta"]),
+    )
+
+
+def default_config_path(environ: Optional[Dict[str, str]] = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def known_keys() -> List[str]:
+    """Every dotted key, for documentation checks."""
+    return [f"{section}.{key}" for section, keys in _SCHEMA.items() for key in keys]

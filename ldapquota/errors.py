@@ -1,0 +1,80 @@
+"""The errors ldapquota reports, each carrying the sysexits code the CLI ends with.
+
+The LDAP library's exceptions are translated into these in one place
+(:mod:`ldapquota.directory`), so nothing above that layer imports ldap3.
+"""
+
+import os
+
+EX_OK = 0
+EX_PARTIAL = 1  # done, but some accounts had errors
+EX_USAGE = os.EX_USAGE  # 64
+EX_UNAVAILABLE = os.EX_UNAVAILABLE  # 69
+EX_SOFTWARE = os.EX_SOFTWARE  # 70
+EX_TEMPFAIL = os.EX_TEMPFAIL  # 75
+EX_NOPERM = os.EX_NOPERM  # 77
+EX_CONFIG = os.EX_CONFIG  # 78
+
+
+class LdapQuotaError(Exception):
+    """Base class: a failure the operator must see, with the exit code to end on."""
+
+    exit_code = EX_SOFTWARE
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(LdapQuotaError):
+    """The config file (or a file it names) is unusable. The message names key and line."""
+
+    exit_code = EX_CONFIG
+
+
+class SchemaMissing(LdapQuotaError):
+    """The directory does not know our attributes: schema/ldapquota.ldif is not loaded."""
+
+    exit_code = EX_CONFIG
+
+
+class DirectoryUnavailable(LdapQuotaError):
+    """No LDAP server could be reached, or it failed while we talked to it."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class SearchIncomplete(DirectoryUnavailable):
+    """A search ended early (size/time limit, referral, error).
+
+    Never read as "the other accounts do not exist": the run stops before any write.
+    """
+
+
+class PermissionDenied(LdapQuotaError):
+    """The bind was refused, or the bound identity may not read or write what it must."""
+
+    exit_code = EX_NOPERM
+
+
+class SafetyRefusal(LdapQuotaError):
+    """A safety rule (SPEC §5) refused the run; nothing was written. ``--force`` overrides."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class AlreadyRunning(LdapQuotaError):
+    """Another daemon holds the pidfile lock."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class MeasureError(Exception):
+    """One mailbox could not be measured. Its account keeps its flag; the run goes on."""
+
+
+class AccountError(Exception):
+    """One account's LDAP entry cannot be used (bad quota value, no address, bad path)."""

@@ -1,0 +1,235 @@
+"""Measuring one maildir on disk (the filesystem edge; read-only, never writes a store).
+
+``measure()`` opens the maildir once, checks on the opened directory that it really lies
+under ``mailboxes.root`` (so a symlink cannot lead us out), then reads ``maildirsize``
+when the Maildir++ rules let us trust it and otherwise walks ``cur/`` and ``new/`` of the
+maildir and its ``.Folders``, taking sizes from ``,S=`` in file names and falling back to
+``lstat``. Everything below the maildir is opened relative to its descriptor with
+O_NOFOLLOW: no MDA creates symlinks inside a maildir, and following one could count files
+outside the root.
+"""
+
+import errno
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Tuple
+
+from ldapquota.errors import MeasureError
+from ldapquota.maildirsize import MAX_FILE_SIZE, distrust_over_verdict, parse_maildirsize
+from ldapquota.paths import is_under, lexically_under_root
+from ldapquota.quota import UNLIMITED, Limit, Usage
+
+# ,S=<size> ends at ':' (flags), ',' (another tag such as Dovecot's ,W=) or the name's end.
+_SIZE_IN_NAME = re.compile(r",S=(\d+)(?=[:,]|$)")
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
+_NOFOLLOW_DIR_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO planted as maildirsize must not hang the scan.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+_HAVE_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    usage: Usage
+    limit: Limit  # the limit used: the configured one, else the maildirsize header, else none
+    method: str  # "maildirsize", "no maildir", or "walk (<why>)"
+    path: str
+    missing: bool = False  # the maildir does not exist (an account that never got mail)
+
+
+def is_trash(folder: str) -> bool:
+    """``.Trash`` and its sub-folders (``.Trash.old``), as Exim's suggested regex excludes."""
+    return folder == ".Trash" or folder.startswith(".Trash.")
+
+
+def measure(
+    root_real: str,
+    mailbox: str,
+    configured_limit: Optional[Limit],
+    says_over: Callable[[Usage, Limit], bool],
+    count_trash: bool = True,
+    now: Optional[float] = None,
+) -> Measurement:
+    """Usage of the maildir ``mailbox`` (relative to ``root_real``, or absolute under it).
+
+    ``configured_limit`` is the limit from LDAP or the default, None if neither gives one
+    (the ``maildirsize`` header is then the limit). ``says_over(usage, limit)`` is the
+    policy's over test, used for Courier's "distrust an over verdict" rule.
+    Raises MeasureError when the mailbox cannot be measured or lies outside the root.
+    """
+    try:
+        path = lexically_under_root(root_real, mailbox)
+    except ValueError as exc:
+        raise MeasureError(str(exc)) from None
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return Measurement(Usage(0, 0), configured_limit or UNLIMITED, "no maildir", path, missing=True)
+    except NotADirectoryError:
+        raise MeasureError(f"{path} is not a directory") from None
+    except OSError as exc:
+        raise MeasureError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        real = _real_path(fd, path)
+        if not is_under(root_real, real):
+            raise MeasureError(f"{path} resolves to {real}, outside mailboxes.root {root_real}")
+        return _measure_open(fd, real, configured_limit, says_over, count_trash, time.time() if now is None else now)
+    finally:
+        os.close(fd)
+
+
+def _real_path(fd: int, path: str) -> str:
+    """Where the opened directory really is (after every symlink on the way)."""
+    if _HAVE_PROC_FD:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return os.path.realpath(path)
+
+
+def _measure_open(
+    fd: int,
+    path: str,
+    configured_limit: Optional[Limit],
+    says_over: Callable[[Usage, Limit], bool],
+    count_trash: bool,
+    now: float,
+) -> Measurement:
+    data, mtime = _read_maildirsize(fd, path)
+    if data is None:
+        return Measurement(_walk_fd(fd, path, count_trash), configured_limit or UNLIMITED, "walk (no maildirsize)", path)
+    parsed = parse_maildirsize(data)
+    limit = configured_limit or parsed.header_limit or UNLIMITED
+    why: Optional[str] = parsed.problem
+    if parsed.usage is not None:
+        if not says_over(parsed.usage, limit):
+            return Measurement(parsed.usage, limit, "maildirsize", path)
+        why = distrust_over_verdict(parsed, now - mtime)
+        if why is None:
+            return Measurement(parsed.usage, limit, "maildirsize", path)
+    return Measurement(_walk_fd(fd, path, count_trash), limit, f"walk ({why})", path)
+
+
+def _read_maildirsize(dir_fd: int, path: str) -> Tuple[Optional[bytes], float]:
+    """(content, mtime), or (None, 0) when there is no usable regular file."""
+    try:
+        fd = os.open("maildirsize", _FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None, 0.0
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink is not a maildirsize
+            return None, 0.0
+        raise MeasureError(f"cannot open {path}/maildirsize: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, 0.0
+        # One byte past the limit tells "exactly 5120" from "more".
+        return os.read(fd, MAX_FILE_SIZE + 1), info.st_mtime
+    except OSError as exc:
+        raise MeasureError(f"cannot read {path}/maildirsize: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def walk(maildir: str, count_trash: bool = True) -> Usage:
+    """Recount the maildir at ``maildir`` the way a Maildir++ recalculation does."""
+    try:
+        fd = os.open(maildir, _DIR_FLAGS)
+    except OSError as exc:
+        raise MeasureError(f"cannot open {maildir}: {exc.strerror}") from None
+    try:
+        return _walk_fd(fd, maildir, count_trash)
+    finally:
+        os.close(fd)
+
+
+def _walk_fd(fd: int, path: str, count_trash: bool) -> Usage:
+    """``new/`` and ``cur/`` of the maildir and of every ``.Folder`` (``tmp/`` never counts);
+    names starting with ``.`` are not messages. A file that vanishes while we count is
+    skipped. A directory we may not read raises MeasureError: a partial count could clear
+    a flag that should stay."""
+    total_bytes = total_messages = 0
+    for folder in _folders(fd, path, count_trash):
+        folder_fd = fd if folder == "" else _open_subdir(fd, folder, path)
+        if folder_fd is None:
+            continue
+        try:
+            for sub in ("new", "cur"):
+                size, count = _sum_directory(folder_fd, sub, os.path.join(path, folder, sub))
+                total_bytes += size
+                total_messages += count
+        finally:
+            if folder_fd != fd:
+                os.close(folder_fd)
+    return Usage(total_bytes, total_messages)
+
+
+def _folders(fd: int, path: str, count_trash: bool) -> Iterator[str]:
+    yield ""  # the INBOX: the maildir itself
+    try:
+        with os.scandir(fd) as entries:
+            names = [entry.name for entry in entries if entry.name.startswith(".") and _is_real_dir(entry)]
+    except OSError as exc:
+        raise MeasureError(f"cannot list {path}: {exc.strerror}") from None
+    for name in sorted(names):
+        if name in (".", "..") or (not count_trash and is_trash(name)):
+            continue
+        yield name
+
+
+def _is_real_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _open_subdir(dir_fd: int, name: str, parent: str) -> Optional[int]:
+    try:
+        return os.open(name, _NOFOLLOW_DIR_FLAGS, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # vanished, or not a directory (a symlink: not followed)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise MeasureError(f"cannot open {os.path.join(parent, name)}: {exc.strerror}") from None
+
+
+def _sum_directory(parent_fd: int, name: str, path: str) -> Tuple[int, int]:
+    sub_fd = _open_subdir(parent_fd, name, os.path.dirname(path))
+    if sub_fd is None:
+        return 0, 0  # a maildir or folder without cur/ or new/ holds nothing there
+    total = count = 0
+    try:
+        with os.scandir(sub_fd) as entries:
+            for entry in entries:
+                entry_name = entry.name
+                if entry_name.startswith("."):
+                    continue
+                match = _SIZE_IN_NAME.search(entry_name)
+                if match and not _is_real_dir(entry):
+                    total += int(match.group(1))
+                    count += 1
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # expunged while we counted
+                except OSError as exc:
+                    raise MeasureError(f"cannot stat {os.path.join(path, entry_name)}: {exc.strerror}") from None
+                if stat.S_ISDIR(info.st_mode):
+                    continue
+                total += info.st_size
+                count += 1
+    except OSError as exc:
+        raise MeasureError(f"cannot list {path}: {exc.strerror}") from None
+    finally:
+        os.close(sub_fd)
+    return total, count

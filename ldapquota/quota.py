@@ -1,0 +1,171 @@
+"""Limits, usage and the over-quota decision (pure, no I/O).
+
+Everything that decides whether a mailbox is over quota lives here, so that the rules of
+SPEC §4 and §5 can be read, and tested, in one place.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+_MAILDIRPP_ITEM = re.compile(r"^(\d+)([SC])$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A quota. ``None`` in either field means no limit of that kind (0 is normalised to None)."""
+
+    bytes: Optional[int] = None
+    messages: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        # Maildir++, Exim and Dovecot all read a 0 limit as "unlimited".
+        if self.bytes == 0:
+            object.__setattr__(self, "bytes", None)
+        if self.messages == 0:
+            object.__setattr__(self, "messages", None)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.bytes is None and self.messages is None
+
+    def __str__(self) -> str:
+        if self.unlimited:
+            return "unlimited"
+        parts = []
+        if self.bytes is not None:
+            parts.append(f"{self.bytes}S")
+        if self.messages is not None:
+            parts.append(f"{self.messages}C")
+        return ",".join(parts)
+
+
+UNLIMITED = Limit()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a mailbox holds: bytes and number of messages."""
+
+    bytes: int
+    messages: int
+
+
+def parse_maildirpp_limit(text: str) -> Limit:
+    """Parse a Maildir++ quota definition: ``10000000S,1000C``, ``10000000S`` or ``1000C``.
+
+    This is the first line of ``maildirsize`` and the form Courier keeps in LDAP.
+    Surrounding whitespace is allowed; anything else raises ValueError.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("empty quota definition")
+    found = {}
+    for item in text.split(","):
+        match = _MAILDIRPP_ITEM.match(item.strip())
+        if not match:
+            raise ValueError(f"{item.strip()!r} is not <number>S or <number>C")
+        number, kind = match.groups()
+        if kind in found:
+            raise ValueError(f"{kind} given twice in {text!r}")
+        found[kind] = int(number)
+    return Limit(bytes=found.get("S"), messages=found.get("C"))
+
+
+def parse_limit_value(value: str, unit: Optional[int]) -> Limit:
+    """An account's quota attribute value → Limit.
+
+    A bare integer is multiplied by ``unit`` (bytes per unit); with ``unit`` None
+    (``quota_unit: maildir++``) a bare integer is taken as bytes. A Maildir++ string is read
+    as such whatever the unit. Raises ValueError for anything else (negative, garbage).
+    """
+    text = value.strip()
+    if text.isdigit():
+        return Limit(bytes=int(text) * (unit or 1))
+    if text.startswith("-") and text[1:].isdigit():
+        raise ValueError(f"negative quota {text!r}")
+    return parse_maildirpp_limit(text)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The thresholds of SPEC §5 (from ``policy:`` in the config)."""
+
+    over_percent: float = 100
+    clear_percent: float = 100
+    free_margin: int = 50 * 1024 * 1024
+
+
+def _reaches(used: int, limit: Optional[int], percent: float) -> bool:
+    # Integer arithmetic where possible, so 100 % of a 10**18 limit is exact.
+    return limit is not None and used * 100 >= percent * limit
+
+
+def exceeds_over_threshold(usage: Usage, limit: Limit, policy: Policy) -> bool:
+    """Would a mailbox with no flag be set over quota? (bytes ≥ over %, or count limit reached)"""
+    return _reaches(usage.bytes, limit.bytes, policy.over_percent) or _reaches(
+        usage.messages, limit.messages, 100
+    )
+
+
+def below_clear_threshold(usage: Usage, limit: Limit, policy: Policy) -> bool:
+    """May a flagged mailbox be cleared? Only once every dimension is below clear %."""
+    return not (
+        _reaches(usage.bytes, limit.bytes, policy.clear_percent)
+        or _reaches(usage.messages, limit.messages, min(policy.clear_percent, 100))
+    )
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """What ldapquota keeps on an account entry. ``over`` False also stands for "absent"."""
+
+    over: bool
+    free_bytes: Optional[int]  # None: the attribute is absent
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: QuotaState
+    reason: str
+
+
+def decide(usage: Usage, limit: Limit, currently_over: bool, policy: Policy) -> Decision:
+    """The state an account should have, with a one-line reason a human can check.
+
+    Hysteresis: a mailbox becomes over at ``over_percent`` and is cleared only below
+    ``clear_percent``; in between it keeps what it had.
+    """
+    if limit.unlimited:
+        return Decision(QuotaState(False, None), "no limit")
+    if currently_over:
+        over = not below_clear_threshold(usage, limit, policy)
+    else:
+        over = exceeds_over_threshold(usage, limit, policy)
+    return Decision(QuotaState(over, free_bytes(usage, limit, policy)), _explain(usage, limit, over, currently_over, policy))
+
+
+def free_bytes(usage: Usage, limit: Limit, policy: Policy) -> Optional[int]:
+    """Bytes left under the byte limit, published only within ``free_margin`` of it."""
+    if limit.bytes is None:
+        return None
+    left = max(0, limit.bytes - usage.bytes)
+    return left if left <= policy.free_margin else None
+
+
+def _explain(usage: Usage, limit: Limit, over: bool, was_over: bool, policy: Policy) -> str:
+    parts = []
+    if limit.bytes is not None:
+        parts.append(f"{usage.bytes} of {limit.bytes} bytes ({100.0 * usage.bytes / limit.bytes:.1f}%)")
+    if limit.messages is not None:
+        parts.append(f"{usage.messages} of {limit.messages} messages")
+    measured = ", ".join(parts)
+    if over and was_over:
+        rule = f"still at or above the clear threshold ({policy.clear_percent:g}%)"
+    elif over:
+        rule = f"reached the over threshold ({policy.over_percent:g}%, or the message limit)"
+    elif was_over:
+        rule = f"below the clear threshold ({policy.clear_percent:g}%)"
+    else:
+        rule = f"below the over threshold ({policy.over_percent:g}%)"
+    return f"{measured}: {rule}"

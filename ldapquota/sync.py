@@ -1,0 +1,262 @@
+"""One complete pass: read every account, measure every mailbox, decide, then write.
+
+The order matters for safety (SPEC §5): nothing is written until the search has come back
+complete and every mailbox has been measured, so that a truncated search or a vanished
+mail store can stop the run before it changes anything. Only the planned changes are kept
+in memory, not the accounts, so memory does not grow with the directory.
+"""
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+from ldapquota.accounts import Account, account_from_entry, wanted_attributes
+from ldapquota.config import Config
+from ldapquota.directory import AccountEntry, Directory, EntryWriteError
+from ldapquota.errors import AccountError, MeasureError, SafetyRefusal
+from ldapquota.mailbox import Measurement, measure
+from ldapquota.quota import Decision, QuotaState, decide, exceeds_over_threshold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one account is and should be. ``error`` set: keep the stored state."""
+
+    entry: AccountEntry
+    old: QuotaState
+    account: Optional[Account] = None
+    measurement: Optional[Measurement] = None
+    decision: Optional[Decision] = None
+    error: Optional[str] = None
+
+    @property
+    def address(self) -> str:
+        return self.account.address if self.account else self.entry.dn
+
+    @property
+    def new(self) -> QuotaState:
+        return self.decision.state if self.decision else self.old
+
+    @property
+    def changed(self) -> bool:
+        return self.decision is not None and self.new != self.old
+
+    @property
+    def flips(self) -> bool:
+        return self.decision is not None and self.new.over != self.old.over
+
+
+@dataclass(frozen=True)
+class Change:
+    """A planned write (what is kept in memory between measuring and writing)."""
+
+    dn: str
+    address: str
+    old: QuotaState
+    new: QuotaState
+    has_class: bool
+    reason: str
+
+    @property
+    def flip(self) -> bool:
+        return self.old.over != self.new.over
+
+    def describe(self) -> str:
+        parts = []
+        if self.flip:
+            parts.append(f"isOverQuota {_flag(self.old.over)} -> {_flag(self.new.over)}")
+        if self.old.free_bytes != self.new.free_bytes:
+            parts.append(f"quotaFreeBytes {_free(self.old.free_bytes)} -> {_free(self.new.free_bytes)}")
+        return f"{self.address}: {', '.join(parts)} ({self.reason})"
+
+
+def _flag(over: bool) -> str:
+    return "TRUE" if over else "FALSE"
+
+
+def _free(value: Optional[int]) -> str:
+    return "absent" if value is None else str(value)
+
+
+@dataclass
+class SyncReport:
+    accounts: int = 0
+    over: int = 0
+    set: int = 0
+    cleared: int = 0
+    unchanged: int = 0
+    errors: int = 0
+    writes: int = 0
+    no_mailbox: int = 0
+    seconds: float = 0.0
+    refused: Optional[str] = None
+    changes: List[Change] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"accounts={self.accounts} over={self.over} set={self.set} cleared={self.cleared} "
+            f"unchanged={self.unchanged} errors={self.errors} writes={self.writes} "
+            f"no_mailbox={self.no_mailbox} seconds={self.seconds:.2f}"
+        )
+
+
+class Evaluator:
+    """Measures accounts and decides their state; shared by --sync, --show and the daemon."""
+
+    def __init__(self, config: Config, now: Callable[[], float] = time.time):
+        self.config = config
+        self.root_real = os.path.realpath(config.mailboxes.root)
+        self.thresholds = config.policy.thresholds
+        self.attributes = wanted_attributes(config.accounts, config.mailboxes)
+        self.now = now
+
+    def _says_over(self, usage, limit) -> bool:
+        return exceeds_over_threshold(usage, limit, self.thresholds)
+
+    def evaluate(self, entry: AccountEntry) -> Evaluation:
+        old = entry.quota_state
+        try:
+            account = account_from_entry(entry, self.config.accounts, self.config.mailboxes)
+        except AccountError as exc:
+            return Evaluation(entry, old, error=str(exc))
+        try:
+            measurement = measure(
+                self.root_real,
+                account.mailbox,
+                account.limit,
+                self._says_over,
+                self.config.mailboxes.count_trash,
+                self.now(),
+            )
+        except MeasureError as exc:
+            return Evaluation(entry, old, account, error=str(exc))
+        if measurement.missing and old.over:
+            # A flagged mailbox that is not there: moved, renamed, unmounted? Not sure
+            # enough to let mail in; keep the flag and say so.
+            return Evaluation(entry, old, account, measurement, error=f"maildir {measurement.path} does not exist; keeping isOverQuota TRUE")
+        decision = decide(measurement.usage, measurement.limit, old.over, self.thresholds)
+        return Evaluation(entry, old, account, measurement, decision)
+
+
+def check_mail_root(root: str) -> None:
+    """SPEC §5: a missing or empty mail root means an unmounted store, not empty mailboxes."""
+    try:
+        with os.scandir(root) as entries:
+            empty = next(iter(entries), None) is None
+    except FileNotFoundError:
+        raise SafetyRefusal(f"mailboxes.root {root} does not exist (store not mounted?); nothing written. Use --force to sync anyway") from None
+    except NotADirectoryError:
+        raise SafetyRefusal(f"mailboxes.root {root} is not a directory; nothing written") from None
+    except OSError as exc:
+        raise SafetyRefusal(f"mailboxes.root {root} cannot be read: {exc.strerror}; nothing written") from None
+    if empty:
+        raise SafetyRefusal(f"mailboxes.root {root} is empty (store not mounted?); nothing written. Use --force to sync anyway")
+
+
+def run_sync(
+    config: Config,
+    directory: Directory,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+    on_change: Optional[Callable[[Change], None]] = None,  # dry run: shows each change
+    now: Callable[[], float] = time.time,
+) -> SyncReport:
+    """A full sync. Raises SafetyRefusal, SearchIncomplete and the directory errors;
+    per-account problems are counted in the report instead."""
+    started = time.monotonic()
+    report = SyncReport()
+    if force:
+        try:
+            check_mail_root(config.mailboxes.root)
+        except SafetyRefusal as exc:
+            log.warning("%s (--force given: going on)", exc)
+    else:
+        check_mail_root(config.mailboxes.root)
+
+    evaluator = Evaluator(config, now)
+    for entry in directory.search_accounts(evaluator.attributes):
+        evaluation = evaluator.evaluate(entry)
+        _count(report, evaluation)
+        if progress:
+            progress(report.accounts)
+
+    # The search came back complete (search_accounts raises otherwise): now the rules.
+    flips = sum(1 for change in report.changes if change.flip)
+    allowed = config.policy.max_changes.allowed(report.accounts)
+    if flips > allowed:
+        message = (
+            f"this run would flip isOverQuota on {flips} of {report.accounts} accounts, more than "
+            f"policy.max_changes ({config.policy.max_changes}, {allowed} here)"
+        )
+        if not force:
+            report.refused = message
+            report.seconds = time.monotonic() - started
+            if dry_run:
+                for change in report.changes:
+                    (on_change or _log_change)(change)
+            raise SafetyRefusal(message + "; nothing written. Check the mail store and LDAP, then run with --force if this is right")
+        log.warning("%s (--force given: writing anyway)", message)
+
+    for change in report.changes:
+        if dry_run:
+            (on_change or _log_change)(change)
+            continue
+        try:
+            directory.write_state(change.dn, change.old, change.new, change.has_class)
+        except EntryWriteError as exc:
+            report.errors += 1
+            log.error("%s: %s", change.address, exc)
+            continue
+        report.writes += 1
+        if change.flip:
+            if change.new.over:
+                report.set += 1
+            else:
+                report.cleared += 1
+        _log_change(change)
+
+    if dry_run:
+        report.set = sum(1 for c in report.changes if c.flip and c.new.over)
+        report.cleared = sum(1 for c in report.changes if c.flip and not c.new.over)
+    report.unchanged = report.accounts - report.set - report.cleared
+    if config.ldap.status_dn and not dry_run:
+        try:
+            directory.write_sync_time(config.ldap.status_dn, now())
+        except EntryWriteError as exc:
+            report.errors += 1
+            log.error("%s", exc)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _count(report: SyncReport, evaluation: Evaluation) -> None:
+    report.accounts += 1
+    if evaluation.error is not None:
+        report.errors += 1
+        log.error("%s: %s; flag kept (%s)", evaluation.address, evaluation.error, _flag(evaluation.old.over))
+    elif evaluation.measurement is not None and evaluation.measurement.missing:
+        report.no_mailbox += 1
+    if evaluation.new.over:
+        report.over += 1
+    if evaluation.changed:
+        assert evaluation.decision is not None
+        report.changes.append(
+            Change(
+                evaluation.entry.dn,
+                evaluation.address,
+                evaluation.old,
+                evaluation.new,
+                evaluation.entry.has_quota_class,
+                evaluation.decision.reason,
+            )
+        )
+
+
+def _log_change(change: Change) -> None:
+    log.info("%s", change.describe())

@@ -1,0 +1,110 @@
+"""Shared pytest fixtures: real servers started privately on 127.0.0.1.
+
+slapd (tests/servers/slapd.py):
+    slapd_server      session: a started Slapd, no TLS.
+    slapd_tls_server  session: a started Slapd(tls=True) with ldaps:// and a CA.
+    slapd_factory     session: make more servers, e.g. slapd_factory(schema=False).
+    ldap              function: slapd_server, running, with an empty ou=people
+                      and a pristine status entry (Slapd.reset()).
+
+Work directories (config, data, slapd.log) are removed at the end of the
+session, unless a test failed: then they are kept and their paths printed in
+the terminal summary, so slapd.log can be read.
+
+A missing slapd skips these tests on a developer machine but fails them on CI
+(env CI set), where a missing server means a broken set-up, not a choice.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+# tests/ holds the `servers` helpers; make them importable however pytest
+# was started (rootdir, importmode, a future tests/__init__.py).
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from servers.slapd import Slapd, requires, requires_slapd  # noqa: E402,F401  (requires: for other fixtures)
+
+_FAILED = pytest.StashKey[bool]()
+_KEPT = pytest.StashKey["list[str]"]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # Remember whether anything failed (setup, call or teardown), so session
+    # fixtures know to keep their work directories for a post-mortem.
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        item.config.stash[_FAILED] = True
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    kept = config.stash.get(_KEPT, [])
+    if kept:
+        terminalreporter.section("kept server directories (a test failed)")
+        for line in kept:
+            terminalreporter.write_line(line)
+
+
+def _finish(server: Slapd, config: pytest.Config) -> None:
+    server.stop()
+    if config.stash.get(_FAILED, False):
+        config.stash.setdefault(_KEPT, []).append(f"{server.workdir}  (log: {server.log_file})")
+    else:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def slapd_factory(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Callable[..., Slapd]]:
+    """``make(tls=False, schema=True) -> Slapd``: start another private slapd.
+
+    Every server made is stopped at the end of the session (and kept on
+    failure like the others); a test may also stop() it earlier.
+    """
+    servers: list[Slapd] = []
+
+    def make(tls: bool = False, schema: bool = True) -> Slapd:
+        requires_slapd()
+        name = "slapd" + ("-tls" if tls else "") + ("" if schema else "-noschema")
+        server = Slapd(tmp_path_factory.mktemp(name), tls=tls, schema=schema)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        _finish(server, pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def slapd_server(slapd_factory: Callable[..., Slapd]) -> Slapd:
+    """The shared slapd (plain ldap:// and ldapi://), started once per session."""
+    return slapd_factory()
+
+
+@pytest.fixture(scope="session")
+def slapd_tls_server(slapd_factory: Callable[..., Slapd]) -> Slapd:
+    """A slapd with ldaps:// (``ldaps_uri``) and StartTLS; trust ``ca_file``."""
+    return slapd_factory(tls=True)
+
+
+@pytest.fixture
+def ldap(slapd_server: Slapd) -> Slapd:
+    """The shared slapd, running, with an empty ou=people and a status entry
+    without quotaSyncTime, for this test.
+
+    Earlier tests may have stopped or paused it (outage tests); that is
+    undone here rather than in each of them.
+    """
+    slapd_server.ensure_running()
+    slapd_server.reset()
+    return slapd_server

@@ -1,0 +1,87 @@
+"""Small builders shared by the integration tests: maildirs, config files, CLI runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_maildir(
+    root: Path,
+    address: str,
+    *,
+    maildirsize: Optional[str] = None,
+    messages: Iterable[Tuple[str, int]] = (),
+    folders: Dict[str, Iterable[Tuple[str, int]]] = None,
+    template: str = "{domain}/{localpart}/Maildir",
+) -> Path:
+    """A maildir for ``address`` under ``root``: ``messages`` are (name, size) in ``cur/``,
+    with real content of that size; ``maildirsize`` the exact file text, if any."""
+    localpart, _, domain = address.rpartition("@")
+    path = root / template.format(localpart=localpart, domain=domain, address=address)
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    for name, size in messages:
+        (path / "cur" / name).write_bytes(b"x" * size)
+    for folder, items in (folders or {}).items():
+        for sub in ("cur", "new", "tmp"):
+            (path / folder / sub).mkdir(parents=True, exist_ok=True)
+        for name, size in items:
+            (path / folder / "cur" / name).write_bytes(b"x" * size)
+    if maildirsize is not None:
+        (path / "maildirsize").write_text(maildirsize)
+    return path
+
+
+def maildirsize_text(limit: str, *lines: Tuple[int, int]) -> str:
+    """A maildirsize file: header ``limit`` (e.g. ``1000S``) and usage lines."""
+    return limit + "\n" + "".join(f"{size} {count}\n" for size, count in lines)
+
+
+def config_dict(slapd, mail_root: Path, **sections) -> dict:
+    """A config for the test slapd, bound as the ldapquota service account."""
+    config = {
+        "ldap": {
+            "uri": slapd.uri,
+            "bind_dn": slapd.ldapquota_dn,
+            "bind_password_file": str(slapd.ldapquota_pw_file),
+            "base_dn": slapd.people_dn,
+            "filter": "(objectClass=inetOrgPerson)",
+            "status_dn": slapd.ldapquota_dn,
+        },
+        "accounts": {"quota_attribute": "mailQuota"},
+        "mailboxes": {"root": str(mail_root)},
+        "policy": {"max_changes": "100%"},
+    }
+    for section, values in sections.items():
+        if values is None:
+            config.pop(section, None)
+        else:
+            config.setdefault(section, {}).update(values)
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_cli(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m ldapquota ARGS`` in a child process, as an operator would run it."""
+    environment = dict(os.environ)
+    environment.pop("LDAPQUOTA_CONFIG", None)
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ldapquota", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=str(REPO),
+        stdin=subprocess.DEVNULL,
+    )
