@@ -420,7 +420,7 @@ def _cross_checks(located: _Located, values: Dict[str, Dict[str, Any]]) -> None:
     ldap = values["ldap"]
     if ldap["bind_password_file"] and not ldap["bind_dn"]:
         raise located.error("ldap.bind_password_file", "given without ldap.bind_dn")
-    if ldap["start_tls"] and any(uri.lower().startswith("ldaps://") for uri in ldap["uris"]):
+    if ldap["start_tls"] and any(uri.lower().startswith("ldaps://") for uri in ldap["uri"]):
         raise located.error("ldap.start_tls", "cannot be combined with an ldaps:// URI (TLS is already on)")
     if ldap["ca_file"] and not os.access(ldap["ca_file"], os.R_OK):
         raise located.error("ldap.ca_file", f"cannot read {ldap['ca_file']}")
