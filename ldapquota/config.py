@@ -5,6 +5,7 @@ wrong types, bad sizes and unreadable password files raise :class:`ConfigError` 
 file, the line and the dotted key, so the operator can go straight to the mistake.
 """
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import yaml
 
 from ldapquota.errors import ConfigError
 from ldapquota.paths import PathTemplate
-from ldapquota.quota import Limit, Policy, parse_maildirpp_limit
+from ldapquota.quota import Limit, Percent, Policy, exact_percent, parse_maildirpp_limit
 from ldapquota.units import ChangeLimit, parse_change_limit, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/ldapquota/ldapquota.yaml"
@@ -56,8 +57,8 @@ class MailboxesConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    over_percent: float = 100
-    clear_percent: float = 100
+    over_percent: Percent = 100
+    clear_percent: Percent = 100
     free_margin: int = 50 * 1024**2
     max_changes: ChangeLimit = ChangeLimit(percent=10)
 
@@ -126,21 +127,19 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _percent(value: Any) -> float:
+def _percent(value: Any) -> Percent:
+    """100, 90.5 or "90%" → an exact fraction (see quota.Policy)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        value = value.strip()[:-1].strip()
+        try:
+            value = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, str) and value.strip().endswith("%"):
-            return _percent(_number(value.strip()[:-1]))
         raise ValueError(f"expected a percentage such as 100, got {_show(value)}")
-    if not 0 < value <= 1000:
+    if not math.isfinite(value) or not 0 < value <= 1000:
         raise ValueError(f"a percentage must be above 0 and at most 1000, got {value}")
-    return float(value)
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
+    return exact_percent(value)
 
 
 def _uris(value: Any) -> Tuple[str, ...]:
@@ -150,26 +149,27 @@ def _uris(value: Any) -> Tuple[str, ...]:
     uris = []
     for item in items:
         uri = _string(item)
-        if not re.match(r"^(ldap|ldaps)://[^/?#]*/?$", uri, re.IGNORECASE):
+        if not re.match(r"^(ldap|ldaps)://[^/?#:]+(:\d{1,5})?/?$", uri, re.IGNORECASE):
             raise ValueError(f"{uri!r} is not an ldap:// or ldaps:// URI of a server (host[:port])")
         uris.append(uri)
     return tuple(uris)
 
 
 def _filter(value: Any) -> str:
+    """One parenthesised RFC 4515 filter: its outer parentheses close only at the end."""
     text = _string(value)
     depth = 0
-    escaped_ok = True
-    for char in text:
+    well_formed = text.startswith("(") and text.endswith(")")
+    for position, char in enumerate(text):
         if char == "(":
             depth += 1
         elif char == ")":
             depth -= 1
-            if depth < 0:
-                escaped_ok = False
+            if depth < 0 or (depth == 0 and position != len(text) - 1):
+                well_formed = False
                 break
-    if not (text.startswith("(") and text.endswith(")")) or depth != 0 or not escaped_ok:
-        raise ValueError(f"{text!r} is not an LDAP filter in parentheses, e.g. (objectClass=inetOrgPerson)")
+    if not well_formed or depth != 0:
+        raise ValueError(f"{text!r} is not one LDAP filter in parentheses, e.g. (&(objectClass=inetOrgPerson)(mail=*))")
     return text
 
 
@@ -212,6 +212,8 @@ def _template(value: Any) -> PathTemplate:
     text = _string(value)
     if os.path.isabs(text):
         raise ValueError(f"{text!r} must be relative to mailboxes.root")
+    if ".." in text.split("/"):
+        raise ValueError(f"{text!r} steps out of mailboxes.root with '..'")
     return PathTemplate.parse(text)
 
 
@@ -255,6 +257,7 @@ def _show(value: Any) -> str:
 # --------------------------------------------------------------------------- the schema
 
 _REQUIRED = object()
+_SAME_AS_OVER = object()
 
 # section → key → (default, converter). The defaults are SPEC §7's.
 _SCHEMA: Dict[str, Dict[str, Tuple[Any, Callable[[Any], Any]]]] = {
@@ -282,7 +285,7 @@ _SCHEMA: Dict[str, Dict[str, Tuple[Any, Callable[[Any], Any]]]] = {
     },
     "policy": {
         "over_percent": (100, _percent),
-        "clear_percent": (100, _percent),
+        "clear_percent": (_SAME_AS_OVER, _percent),  # default: equal (no hysteresis)
         "free_margin": ("50MiB", parse_size),
         "max_changes": ("10%", parse_change_limit),
     },
@@ -345,8 +348,8 @@ def _parse_yaml(path: str, text: str) -> _Located:
         raise ConfigError(f"{path}, line {document.start_mark.line + 1}: the file must be a mapping of sections (ldap:, accounts:, ...)")
     constructor = yaml.SafeLoader("")
     for section_node, body in document.value:
-        section = constructor.construct_object(section_node)
-        located.lines[str(section)] = section_node.start_mark.line + 1
+        section = _plain_key(path, section_node)
+        located.lines[section] = section_node.start_mark.line + 1
         if section not in _SCHEMA:
             raise located.error(str(section), f"unknown section; known sections are {', '.join(_SCHEMA)}")
         if section in located.values:
@@ -357,7 +360,7 @@ def _parse_yaml(path: str, text: str) -> _Located:
         if not isinstance(body, yaml.MappingNode):
             raise located.error(section, "expected a mapping of keys under this section")
         for key_node, value_node in body.value:
-            key = constructor.construct_object(key_node)
+            key = _plain_key(path, key_node)
             dotted = f"{section}.{key}"
             located.lines[dotted] = key_node.start_mark.line + 1
             if key not in _SCHEMA[section]:
@@ -367,9 +370,22 @@ def _parse_yaml(path: str, text: str) -> _Located:
                 raise located.error(dotted, "key given twice")
             try:
                 located.values[section][key] = constructor.construct_object(value_node, deep=True)
-            except yaml.YAMLError as exc:
-                raise located.error(dotted, f"bad value: {exc}") from None
+            except (yaml.YAMLError, TypeError, ValueError) as exc:
+                problem = getattr(exc, "problem", None) or str(exc)
+                raise located.error(dotted, f"bad value: {problem}") from None
     return located
+
+
+def _plain_key(path: str, node: yaml.Node) -> str:
+    """Keys are plain names. YAML merge keys (<<), tags and complex keys are refused with
+    their line rather than half-supported."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+        shown = node.value if isinstance(node, yaml.ScalarNode) else type(node).__name__.replace("Node", "").lower()
+        raise ConfigError(
+            f"{path}, line {node.start_mark.line + 1}: {shown!r} is not a plain key name "
+            "(merge keys <<, tags and complex keys are not supported)"
+        )
+    return node.value
 
 
 def _convert(located: _Located) -> Dict[str, Dict[str, Any]]:
@@ -382,6 +398,9 @@ def _convert(located: _Located) -> Dict[str, Dict[str, Any]]:
             if key not in given:
                 if default is _REQUIRED:
                     raise located.error(dotted, "is required but missing")
+                if default is _SAME_AS_OVER:
+                    converted[section][key] = converted[section]["over_percent"]
+                    continue
                 value = default
             else:
                 value = given[key]
@@ -414,7 +433,7 @@ def _cross_checks(located: _Located, values: Dict[str, Dict[str, Any]]) -> None:
     if policy["clear_percent"] > policy["over_percent"]:
         raise located.error(
             "policy.clear_percent",
-            f"{policy['clear_percent']:g} is above over_percent {policy['over_percent']:g}; "
+            f"{float(policy['clear_percent']):g} is above over_percent {float(policy['over_percent']):g}; "
             "a mailbox must be cleared at or below the level that sets it",
         )
     ldap = values["ldap"]

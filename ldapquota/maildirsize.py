@@ -23,7 +23,9 @@ from ldapquota.quota import Limit, Usage, parse_maildirpp_limit
 MAX_FILE_SIZE = 5120  # readers use a 5120-byte buffer; a file that fills it is rebuilt
 STALE_SECONDS = 15 * 60  # an "over" verdict from an older file is not trusted
 
-_USAGE_LINE = re.compile(rb"^[ \t]*(-?\d+)[ \t]+(-?\d+)[ \t]*$")
+# 30 digits is far beyond any real size, and keeps int() away from Python's 4300-digit cap:
+# a longer number is a malformed file (walk), not a crash.
+_USAGE_LINE = re.compile(rb"^[ \t]*(-?\d{1,30})[ \t]+(-?\d{1,30})[ \t]*$")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ SPEC §4 and §5 can be read, and tested, in one place.
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from fractions import Fraction
+from typing import Optional, Union
 
-_MAILDIRPP_ITEM = re.compile(r"^(\d+)([SC])$")
+_MAILDIRPP_ITEM = re.compile(r"^(\d{1,30})([SC])$")
 
 
 @dataclass(frozen=True)
@@ -80,24 +81,49 @@ def parse_limit_value(value: str, unit: Optional[int]) -> Limit:
     as such whatever the unit. Raises ValueError for anything else (negative, garbage).
     """
     text = value.strip()
-    if text.isdigit():
+    if text.isdigit() and len(text) <= 30:
         return Limit(bytes=int(text) * (unit or 1))
     if text.startswith("-") and text[1:].isdigit():
         raise ValueError(f"negative quota {text!r}")
     return parse_maildirpp_limit(text)
 
 
+Percent = Union[int, float, Fraction]
+
+
+def exact_percent(value: Union[int, float, str, Fraction]) -> Union[int, Fraction]:
+    """A percentage as an exact number: ``32.48`` is 3248/100, not the nearest float.
+
+    Whole percentages (the usual case) come back as int: the comparison runs for every
+    account, and int arithmetic is several times faster than Fraction's.
+    """
+    exact = value if isinstance(value, Fraction) else Fraction(str(value))
+    return int(exact) if exact.denominator == 1 else exact
+
+
 @dataclass(frozen=True)
 class Policy:
-    """The thresholds of SPEC §5 (from ``policy:`` in the config)."""
+    """The thresholds of SPEC §5 (from ``policy:`` in the config).
 
-    over_percent: float = 100
-    clear_percent: float = 100
+    Percentages are exact fractions, so the comparison at a 10**18-byte limit is exact too.
+    """
+
+    over_percent: Percent = 100
+    clear_percent: Percent = 100
     free_margin: int = 50 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "over_percent", exact_percent(self.over_percent))
+        object.__setattr__(self, "clear_percent", exact_percent(self.clear_percent))
 
-def _reaches(used: int, limit: Optional[int], percent: float) -> bool:
-    # Integer arithmetic where possible, so 100 % of a 10**18 limit is exact.
+    @property
+    def count_clear_percent(self) -> Union[int, Fraction]:
+        """The message limit is "reached" at 100 %; hysteresis scales it like the bytes
+        (clear at clear/over of the limit), so equal thresholds mean no hysteresis."""
+        return exact_percent(Fraction(100) * self.clear_percent / self.over_percent)
+
+
+def _reaches(used: int, limit: Optional[int], percent: Percent) -> bool:
     return limit is not None and used * 100 >= percent * limit
 
 
@@ -109,10 +135,10 @@ def exceeds_over_threshold(usage: Usage, limit: Limit, policy: Policy) -> bool:
 
 
 def below_clear_threshold(usage: Usage, limit: Limit, policy: Policy) -> bool:
-    """May a flagged mailbox be cleared? Only once every dimension is below clear %."""
+    """May a flagged mailbox be cleared? Only once every dimension is below its clear point."""
     return not (
         _reaches(usage.bytes, limit.bytes, policy.clear_percent)
-        or _reaches(usage.messages, limit.messages, min(policy.clear_percent, 100))
+        or _reaches(usage.messages, limit.messages, policy.count_clear_percent)
     )
 
 
@@ -161,11 +187,11 @@ def _explain(usage: Usage, limit: Limit, over: bool, was_over: bool, policy: Pol
         parts.append(f"{usage.messages} of {limit.messages} messages")
     measured = ", ".join(parts)
     if over and was_over:
-        rule = f"still at or above the clear threshold ({policy.clear_percent:g}%)"
+        rule = f"still at or above the clear threshold ({float(policy.clear_percent):g}%)"
     elif over:
-        rule = f"reached the over threshold ({policy.over_percent:g}%, or the message limit)"
+        rule = f"reached the over threshold ({float(policy.over_percent):g}%, or the message limit)"
     elif was_over:
-        rule = f"below the clear threshold ({policy.clear_percent:g}%)"
+        rule = f"below the clear threshold ({float(policy.clear_percent):g}%)"
     else:
-        rule = f"below the over threshold ({policy.over_percent:g}%)"
+        rule = f"below the over threshold ({float(policy.over_percent):g}%)"
     return f"{measured}: {rule}"

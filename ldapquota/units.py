@@ -1,7 +1,9 @@
 """Parsing of human-written sizes, durations and change limits (pure, no I/O)."""
 
+import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Union
 
 _SIZE_UNITS = {
@@ -61,8 +63,8 @@ def parse_duration(value: Union[int, float, str]) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError(f"expected a duration such as 60s, got {type(value).__name__}")
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be a positive, finite number of seconds, got {value!r}")
     return seconds
 
 
@@ -71,17 +73,17 @@ class ChangeLimit:
     """``policy.max_changes``: either an absolute count or a percentage of accounts."""
 
     count: Union[int, None] = None
-    percent: Union[float, None] = None
+    percent: Union[Fraction, None] = None  # exact: 32.48 % of 625 accounts is 203, not 202
 
     def allowed(self, accounts: int) -> int:
         """How many flips a run over ``accounts`` accounts may make."""
         if self.count is not None:
             return self.count
         assert self.percent is not None
-        return int(accounts * self.percent / 100)
+        return math.floor(accounts * self.percent / 100)
 
     def __str__(self) -> str:
-        return f"{self.count}" if self.count is not None else f"{self.percent:g}%"
+        return f"{self.count}" if self.count is not None else f"{float(self.percent):g}%"
 
 
 def parse_change_limit(value: Union[int, str]) -> ChangeLimit:
@@ -96,8 +98,8 @@ def parse_change_limit(value: Union[int, str]) -> ChangeLimit:
         text = value.strip()
         if text.endswith("%"):
             try:
-                percent = float(text[:-1])
-            except ValueError:
+                percent = Fraction(text[:-1].strip())
+            except (ValueError, ZeroDivisionError):
                 raise ValueError(f"{value!r} is not a percentage") from None
             if not 0 <= percent <= 100:
                 raise ValueError(f"{value!r}: a percentage must be between 0% and 100%")
