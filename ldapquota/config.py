@@ -53,6 +53,7 @@ class MailboxesConfig:
     root: str
     path: PathTemplate = PathTemplate.parse("{domain}/{localpart}/Maildir")
     count_trash: bool = True
+    workers: Optional[int] = None  # None: auto (one per spare core); 0: measure in-process
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,14 @@ def _template(value: Any) -> PathTemplate:
     return PathTemplate.parse(text)
 
 
+def _workers(value: Any) -> Optional[int]:
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise ValueError(f"expected auto or a number of processes from 0 to 64, got {_show(value)}")
+    return value
+
+
 def _on_ldap_error(value: Any) -> str:
     text = _string(value).lower()
     if text not in ("defer", "accept"):
@@ -282,6 +291,7 @@ _SCHEMA: Dict[str, Dict[str, Tuple[Any, Callable[[Any], Any]]]] = {
         "root": (_REQUIRED, _directory_path),
         "path": ("{domain}/{localpart}/Maildir", _template),
         "count_trash": (True, _boolean),
+        "workers": ("auto", _workers),
     },
     "policy": {
         "over_percent": (100, _percent),

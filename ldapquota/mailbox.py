@@ -9,13 +9,15 @@ O_NOFOLLOW: no MDA creates symlinks inside a maildir, and following one could co
 outside the root.
 """
 
+import ctypes
 import errno
 import os
+import platform
 import re
 import stat
+import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 from ldapquota.errors import MeasureError
 from ldapquota.maildirsize import MAX_FILE_SIZE, distrust_over_verdict, parse_maildirsize
@@ -33,8 +35,50 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 _HAVE_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
-@dataclass(frozen=True)
-class Measurement:
+def _make_openat2() -> Optional[Callable[[int, str, int], int]]:
+    """openat2(2) with RESOLVE_BENEATH through libc's syscall(), or None where unavailable."""
+    if sys.platform != "linux" or platform.machine() not in _SYS_OPENAT2:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    number = _SYS_OPENAT2[platform.machine()]
+    size = ctypes.sizeof(OpenHow)
+
+    def openat2(dir_fd: int, path: str, flags: int) -> int:
+        how = OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+        fd = syscall(number, dir_fd, os.fsencode(path), ctypes.byref(how), size)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+        return fd
+
+    # Kernels before 5.6 (and some sandboxes) answer ENOSYS: use the portable way then.
+    probe_fd = os.open("/", _DIR_FLAGS)
+    try:
+        os.close(openat2(probe_fd, ".", _DIR_FLAGS))
+    except OSError:
+        return None
+    finally:
+        os.close(probe_fd)
+    return openat2
+
+
+# openat2 is syscall 437 on every Linux architecture that has it (the unified numbering).
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "armv7l": 437, "ppc64le": 437, "s390x": 437, "riscv64": 437}
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_BENEATH = 0x08
+_openat2 = _make_openat2()
+
+
+class Measurement(NamedTuple):
     usage: Usage
     limit: Limit  # the limit used: the configured one, else the maildirsize header, else none
     method: str  # "maildirsize", "no maildir", or "walk (<why>)"
@@ -47,6 +91,109 @@ def is_trash(folder: str) -> bool:
     return folder == ".Trash" or folder.startswith(".Trash.")
 
 
+class MailStore:
+    """``mailboxes.root``, held open, with every maildir opened beneath it.
+
+    On Linux ≥ 5.6 the kernel enforces "stays under the root" (openat2 with
+    RESOLVE_BENEATH): a path that leads out, through ``..`` or a symlink, fails with EXDEV,
+    and no rename between a check and an open can fool it. Elsewhere the opened directory's
+    real path is checked instead. Symlinks that stay inside the root are allowed.
+    """
+
+    def __init__(self, root: str):
+        self.root_real = os.path.realpath(root)
+        self._root_fd: Optional[int] = None
+
+    def close(self) -> None:
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+
+    def _root(self) -> int:
+        if self._root_fd is None:
+            try:
+                self._root_fd = os.open(self.root_real, _DIR_FLAGS)
+            except OSError as exc:
+                raise MeasureError(f"cannot open mailboxes.root {self.root_real}: {exc.strerror}") from None
+        return self._root_fd
+
+    def _open_beneath(self, relative: str, flags: int, shown: str) -> int:
+        """An fd for ``relative`` under the root; raises OSError (EXDEV: it leads outside)."""
+        if _openat2 is not None:
+            try:
+                return _openat2(self._root(), relative, flags)
+            except OSError as exc:
+                # EXDEV: the path leads out, or crosses an absolute symlink (which
+                # RESOLVE_BENEATH refuses even when it points back inside the root):
+                # resolve it the portable way and judge where it really ends.
+                if exc.errno != errno.EXDEV:
+                    raise
+        fd = os.open(os.path.join(self.root_real, relative), flags)
+        real = _real_path(fd, shown)
+        if not is_under(self.root_real, real):
+            os.close(fd)
+            raise OSError(errno.EXDEV, f"resolves to {real}")
+        return fd
+
+    def measure(
+        self,
+        mailbox: str,
+        configured_limit: Optional[Limit],
+        says_over: Callable[[Usage, Limit], bool],
+        count_trash: bool = True,
+        now: Optional[float] = None,
+    ) -> Measurement:
+        """Usage of the maildir ``mailbox`` (relative to the root, or absolute under it).
+
+        ``configured_limit`` is the limit from LDAP or the default, None if neither gives
+        one (the ``maildirsize`` header is then the limit). ``says_over(usage, limit)`` is
+        the policy's over test, used for Courier's "distrust an over verdict" rule.
+        Raises MeasureError when the mailbox cannot be measured or lies outside the root.
+        """
+        try:
+            path = lexically_under_root(self.root_real, mailbox)
+        except ValueError as exc:
+            raise MeasureError(str(exc)) from None
+        relative = path[len(self.root_real) :].lstrip("/")
+        # The common case costs one open: maildirsize straight from the root's descriptor.
+        data, mtime = self._read_maildirsize(relative, path)
+        if data is not None:
+            parsed = parse_maildirsize(data)
+            limit = configured_limit or parsed.header_limit or UNLIMITED
+            why: Optional[str] = parsed.problem
+            if parsed.usage is not None:
+                if not says_over(parsed.usage, limit):
+                    return Measurement(parsed.usage, limit, "maildirsize", path)
+                why = distrust_over_verdict(parsed, (time.time() if now is None else now) - mtime)
+                if why is None:
+                    return Measurement(parsed.usage, limit, "maildirsize", path)
+        else:
+            limit = configured_limit or UNLIMITED
+            why = "no maildirsize"
+        try:
+            fd = self._open_beneath(relative, _DIR_FLAGS, path)
+        except FileNotFoundError:
+            return Measurement(Usage(0, 0), limit, "no maildir", path, missing=True)
+        except OSError as exc:
+            raise _open_error(exc, path) from None
+        try:
+            return Measurement(_walk_fd(fd, path, count_trash), limit, f"walk ({why})", path)
+        finally:
+            os.close(fd)
+
+    def _read_maildirsize(self, relative: str, path: str) -> Tuple[Optional[bytes], float]:
+        """(content, mtime), or (None, 0) when there is no usable regular file."""
+        try:
+            fd = self._open_beneath(relative + "/maildirsize", _FILE_FLAGS, path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, 0.0
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink is not a maildirsize
+                return None, 0.0
+            raise _open_error(exc, f"{path}/maildirsize") from None
+        return _read_open_file(fd, f"{path}/maildirsize")
+
+
 def measure(
     root_real: str,
     mailbox: str,
@@ -55,36 +202,24 @@ def measure(
     count_trash: bool = True,
     now: Optional[float] = None,
 ) -> Measurement:
-    """Usage of the maildir ``mailbox`` (relative to ``root_real``, or absolute under it).
-
-    ``configured_limit`` is the limit from LDAP or the default, None if neither gives one
-    (the ``maildirsize`` header is then the limit). ``says_over(usage, limit)`` is the
-    policy's over test, used for Courier's "distrust an over verdict" rule.
-    Raises MeasureError when the mailbox cannot be measured or lies outside the root.
-    """
+    """One-off :meth:`MailStore.measure` (opens and closes the root)."""
+    store = MailStore(root_real)
     try:
-        path = lexically_under_root(root_real, mailbox)
-    except ValueError as exc:
-        raise MeasureError(str(exc)) from None
-    try:
-        fd = os.open(path, _DIR_FLAGS)
-    except FileNotFoundError:
-        return Measurement(Usage(0, 0), configured_limit or UNLIMITED, "no maildir", path, missing=True)
-    except NotADirectoryError:
-        raise MeasureError(f"{path} is not a directory") from None
-    except OSError as exc:
-        raise MeasureError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        real = _real_path(fd, path)
-        if not is_under(root_real, real):
-            raise MeasureError(f"{path} resolves to {real}, outside mailboxes.root {root_real}")
-        return _measure_open(fd, real, configured_limit, says_over, count_trash, time.time() if now is None else now)
+        return store.measure(mailbox, configured_limit, says_over, count_trash, now)
     finally:
-        os.close(fd)
+        store.close()
+
+
+def _open_error(exc: OSError, path: str) -> MeasureError:
+    if exc.errno == errno.EXDEV:
+        return MeasureError(f"{path} resolves outside mailboxes.root (through a symlink or '..')")
+    if exc.errno == errno.ENOTDIR:
+        return MeasureError(f"{path} is not a directory")
+    return MeasureError(f"cannot open {path}: {exc.strerror}")
 
 
 def _real_path(fd: int, path: str) -> str:
-    """Where the opened directory really is (after every symlink on the way)."""
+    """Where the opened file really is (after every symlink on the way)."""
     if _HAVE_PROC_FD:
         try:
             return os.readlink(f"/proc/self/fd/{fd}")
@@ -93,39 +228,7 @@ def _real_path(fd: int, path: str) -> str:
     return os.path.realpath(path)
 
 
-def _measure_open(
-    fd: int,
-    path: str,
-    configured_limit: Optional[Limit],
-    says_over: Callable[[Usage, Limit], bool],
-    count_trash: bool,
-    now: float,
-) -> Measurement:
-    data, mtime = _read_maildirsize(fd, path)
-    if data is None:
-        return Measurement(_walk_fd(fd, path, count_trash), configured_limit or UNLIMITED, "walk (no maildirsize)", path)
-    parsed = parse_maildirsize(data)
-    limit = configured_limit or parsed.header_limit or UNLIMITED
-    why: Optional[str] = parsed.problem
-    if parsed.usage is not None:
-        if not says_over(parsed.usage, limit):
-            return Measurement(parsed.usage, limit, "maildirsize", path)
-        why = distrust_over_verdict(parsed, now - mtime)
-        if why is None:
-            return Measurement(parsed.usage, limit, "maildirsize", path)
-    return Measurement(_walk_fd(fd, path, count_trash), limit, f"walk ({why})", path)
-
-
-def _read_maildirsize(dir_fd: int, path: str) -> Tuple[Optional[bytes], float]:
-    """(content, mtime), or (None, 0) when there is no usable regular file."""
-    try:
-        fd = os.open("maildirsize", _FILE_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None, 0.0
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symlink is not a maildirsize
-            return None, 0.0
-        raise MeasureError(f"cannot open {path}/maildirsize: {exc.strerror}") from None
+def _read_open_file(fd: int, path: str) -> Tuple[Optional[bytes], float]:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -133,7 +236,7 @@ def _read_maildirsize(dir_fd: int, path: str) -> Tuple[Optional[bytes], float]:
         # One byte past the limit tells "exactly 5120" from "more".
         return os.read(fd, MAX_FILE_SIZE + 1), info.st_mtime
     except OSError as exc:
-        raise MeasureError(f"cannot read {path}/maildirsize: {exc.strerror}") from None
+        raise MeasureError(f"cannot read {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
 

@@ -14,6 +14,7 @@ Anything we cannot read with certainty counts as malformed: the walk is always r
 only costs time.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -71,7 +72,11 @@ def parse_maildirsize(data: bytes) -> MaildirsizeFile:
 
 
 def _parse_header(data: bytes) -> Optional[Limit]:
-    first, _, _ = data.partition(b"\n")
+    return _parse_header_line(data.partition(b"\n")[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_header_line(first: bytes) -> Optional[Limit]:
     try:
         return parse_maildirpp_limit(first.decode("ascii"))
     except (UnicodeDecodeError, ValueError):

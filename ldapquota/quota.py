@@ -4,10 +4,11 @@ Everything that decides whether a mailbox is over quota lives here, so that the 
 SPEC §4 and §5 can be read, and tested, in one place.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 _MAILDIRPP_ITEM = re.compile(r"^(\d{1,30})([SC])$")
 
@@ -44,14 +45,16 @@ class Limit:
 UNLIMITED = Limit()
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """What a mailbox holds: bytes and number of messages."""
 
     bytes: int
     messages: int
 
 
+# Limits repeat across thousands of accounts (same plan, same header): parse each text once.
+# Limit is immutable, so sharing one object between accounts is safe.
+@functools.lru_cache(maxsize=4096)
 def parse_maildirpp_limit(text: str) -> Limit:
     """Parse a Maildir++ quota definition: ``10000000S,1000C``, ``10000000S`` or ``1000C``.
 
@@ -73,6 +76,7 @@ def parse_maildirpp_limit(text: str) -> Limit:
     return Limit(bytes=found.get("S"), messages=found.get("C"))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_limit_value(value: str, unit: Optional[int]) -> Limit:
     """An account's quota attribute value → Limit.
 
@@ -142,33 +146,43 @@ def below_clear_threshold(usage: Usage, limit: Limit, policy: Policy) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class QuotaState:
+class QuotaState(NamedTuple):
     """What ldapquota keeps on an account entry. ``over`` False also stands for "absent"."""
 
     over: bool
     free_bytes: Optional[int]  # None: the attribute is absent
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """The state an account should have, and what it was decided from."""
+
     state: QuotaState
-    reason: str
+    usage: Usage
+    limit: Limit
+    was_over: bool
+    policy: "Policy"
+
+    @property
+    def reason(self) -> str:
+        """One line a human can check (built only when shown: most decisions never are)."""
+        if self.limit.unlimited:
+            return "no limit"
+        return _explain(self.usage, self.limit, self.state.over, self.was_over, self.policy)
 
 
 def decide(usage: Usage, limit: Limit, currently_over: bool, policy: Policy) -> Decision:
-    """The state an account should have, with a one-line reason a human can check.
+    """The state an account should have.
 
     Hysteresis: a mailbox becomes over at ``over_percent`` and is cleared only below
     ``clear_percent``; in between it keeps what it had.
     """
     if limit.unlimited:
-        return Decision(QuotaState(False, None), "no limit")
+        return Decision(QuotaState(False, None), usage, limit, currently_over, policy)
     if currently_over:
         over = not below_clear_threshold(usage, limit, policy)
     else:
         over = exceeds_over_threshold(usage, limit, policy)
-    return Decision(QuotaState(over, free_bytes(usage, limit, policy)), _explain(usage, limit, over, currently_over, policy))
+    return Decision(QuotaState(over, free_bytes(usage, limit, policy)), usage, limit, currently_over, policy)
 
 
 def free_bytes(usage: Usage, limit: Limit, policy: Policy) -> Optional[int]:

@@ -12,42 +12,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from ldapquota.accounts import Account, account_from_entry, wanted_attributes
+from ldapquota.accounts import wanted_attributes
 from ldapquota.config import Config
-from ldapquota.directory import AccountEntry, Directory, EntryWriteError
-from ldapquota.errors import AccountError, MeasureError, SafetyRefusal
-from ldapquota.mailbox import Measurement, measure
-from ldapquota.quota import Decision, QuotaState, decide, exceeds_over_threshold
+from ldapquota.directory import Directory, EntryWriteError
+from ldapquota.errors import SafetyRefusal
+from ldapquota.evaluation import Evaluation, Evaluator  # noqa: F401  (re-exported)
+from ldapquota.parallel import default_workers, evaluate_all
+from ldapquota.quota import QuotaState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What one account is and should be. ``error`` set: keep the stored state."""
-
-    entry: AccountEntry
-    old: QuotaState
-    account: Optional[Account] = None
-    measurement: Optional[Measurement] = None
-    decision: Optional[Decision] = None
-    error: Optional[str] = None
-
-    @property
-    def address(self) -> str:
-        return self.account.address if self.account else self.entry.dn
-
-    @property
-    def new(self) -> QuotaState:
-        return self.decision.state if self.decision else self.old
-
-    @property
-    def changed(self) -> bool:
-        return self.decision is not None and self.new != self.old
-
-    @property
-    def flips(self) -> bool:
-        return self.decision is not None and self.new.over != self.old.over
 
 
 @dataclass(frozen=True)
@@ -104,44 +77,6 @@ class SyncReport:
         )
 
 
-class Evaluator:
-    """Measures accounts and decides their state; shared by --sync, --show and the daemon."""
-
-    def __init__(self, config: Config, now: Callable[[], float] = time.time):
-        self.config = config
-        self.root_real = os.path.realpath(config.mailboxes.root)
-        self.thresholds = config.policy.thresholds
-        self.attributes = wanted_attributes(config.accounts, config.mailboxes)
-        self.now = now
-
-    def _says_over(self, usage, limit) -> bool:
-        return exceeds_over_threshold(usage, limit, self.thresholds)
-
-    def evaluate(self, entry: AccountEntry) -> Evaluation:
-        old = entry.quota_state
-        try:
-            account = account_from_entry(entry, self.config.accounts, self.config.mailboxes)
-        except AccountError as exc:
-            return Evaluation(entry, old, error=str(exc))
-        try:
-            measurement = measure(
-                self.root_real,
-                account.mailbox,
-                account.limit,
-                self._says_over,
-                self.config.mailboxes.count_trash,
-                self.now(),
-            )
-        except MeasureError as exc:
-            return Evaluation(entry, old, account, error=str(exc))
-        if measurement.missing and old.over:
-            # A flagged mailbox that is not there: moved, renamed, unmounted? Not sure
-            # enough to let mail in; keep the flag and say so.
-            return Evaluation(entry, old, account, measurement, error=f"maildir {measurement.path} does not exist; keeping isOverQuota TRUE")
-        decision = decide(measurement.usage, measurement.limit, old.over, self.thresholds)
-        return Evaluation(entry, old, account, measurement, decision)
-
-
 def check_mail_root(root: str) -> None:
     """SPEC §5: a missing or empty mail root means an unmounted store, not empty mailboxes."""
     try:
@@ -166,9 +101,13 @@ def run_sync(
     progress: Optional[Callable[[int], None]] = None,
     on_change: Optional[Callable[[Change], None]] = None,  # dry run: shows each change
     now: Callable[[], float] = time.time,
+    workers: Optional[int] = None,
 ) -> SyncReport:
     """A full sync. Raises SafetyRefusal, SearchIncomplete and the directory errors;
-    per-account problems are counted in the report instead."""
+    per-account problems are counted in the report instead.
+
+    ``workers``: processes that measure while this one reads LDAP (None: as
+    ``mailboxes.workers`` says; 0: measure here, in this process)."""
     started = time.monotonic()
     report = SyncReport()
     if force:
@@ -179,10 +118,15 @@ def run_sync(
     else:
         check_mail_root(config.mailboxes.root)
 
-    evaluator = Evaluator(config, now)
-    for entry in directory.search_accounts(evaluator.attributes):
-        evaluation = evaluator.evaluate(entry)
-        _count(report, evaluation)
+    attributes = wanted_attributes(config.accounts, config.mailboxes)
+    entries = directory.search_accounts(attributes)
+    if workers is None:
+        workers = default_workers() if config.mailboxes.workers is None else config.mailboxes.workers
+    for batch in evaluate_all(config, entries, workers=workers, now=now):
+        report.accounts += batch.accounts
+        report.over += batch.over
+        for evaluation in batch.notable:
+            _record(report, evaluation)
         if progress:
             progress(report.accounts)
 
@@ -235,15 +179,13 @@ def run_sync(
     return report
 
 
-def _count(report: SyncReport, evaluation: Evaluation) -> None:
-    report.accounts += 1
+def _record(report: SyncReport, evaluation: Evaluation) -> None:
+    """An account that needs attention: an error to report, a missing maildir, a change."""
     if evaluation.error is not None:
         report.errors += 1
         log.error("%s: %s; flag kept (%s)", evaluation.address, evaluation.error, _flag(evaluation.old.over))
     elif evaluation.measurement is not None and evaluation.measurement.missing:
         report.no_mailbox += 1
-    if evaluation.new.over:
-        report.over += 1
     if evaluation.changed:
         assert evaluation.decision is not None
         report.changes.append(

@@ -1,4 +1,4 @@
-"""The quick-start demo: a throwaway slapd and mail store, a real sync, the result.
+"""The quick-start demo: a throwaway slapd, mail store and Exim, a real sync, the result.
 
 Everything lives in a temporary directory and on 127.0.0.1 (free ports); nothing on the
 machine is changed. Run through ``scripts/demo``, which installs what is needed first.
@@ -15,7 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers import config_dict, make_maildir, maildirsize_text, write_config  # noqa: E402
+from servers.exim import Exim, give_to, secret_for_exim  # noqa: E402
 from servers.slapd import Slapd  # noqa: E402
+
+from ldapquota.exim import replace_blocks, split_blocks  # noqa: E402
 
 MB = 1000 * 1000
 
@@ -49,6 +52,60 @@ def fill_mailboxes(root: Path) -> None:
     make_maildir(root, "carol@example.org", messages=[(f"17000000{n:02d}.M1P1.demo,S=1500:2,S", 1500) for n in range(20)])
     make_maildir(root, "dave@example.org", maildirsize=maildirsize_text("0S", (30 * MB, 300)))
     make_maildir(root, "erin@example.org", maildirsize=maildirsize_text("100000000S", (95 * MB, 900)))
+
+
+def start_exim(slapd: Slapd, workdir: Path, root: Path, config: Path, ldapquota: list, env: dict) -> Exim:
+    """A real Exim (exim4-daemon-heavy) on a free loopback port: examples/exim/exim4.conf
+    with the three blocks that `ldapquota --exim-config` prints for this config."""
+    banner("ldapquota --exim-config (the blocks pasted into examples/exim/exim4.conf)")
+    secret = secret_for_exim(slapd.exim_pw)
+    with open(config, "a") as handle:
+        handle.write(f"mta:\n  bind_dn: {slapd.exim_dn}\n  bind_password_file: {secret}\n")
+    blocks = run(ldapquota + ["--exim-config"], env=env, cwd=REPO).stdout
+    aliases = workdir / "aliases"
+    aliases.write_text("postmaster@example.org: bob@example.org\n")
+    workdir.chmod(0o755)
+    aliases.chmod(0o644)
+    for path in [root, *root.rglob("*")]:
+        give_to(path, "mail")
+    macros = {
+        "MAIL_DOMAINS": "example.org",
+        "LDAP_SERVER": slapd.uri,
+        "LDAP_BASE": slapd.people_dn,
+        "LDAP_BIND": 'user="%s" pass=${quote:${readfile{%s}{}}}' % (slapd.exim_dn, secret),
+        "ALIAS_FILE": str(aliases),
+        "VMAIL_ROOT": str(root),
+        "VMAIL_USER": "mail",
+    }
+    exim = Exim(replace_blocks((REPO / "examples/exim/exim4.conf").read_text(), split_blocks(blocks)), macros, name="demo-exim")
+    exim.start()
+    print(f"Exim listening on 127.0.0.1:{exim.port}")
+    return exim
+
+
+def smtp_dialogue(exim: Exim) -> None:
+    """One SMTP session per recipient (Exim caches lookups within a session)."""
+    banner("SMTP: an over-quota recipient is refused at RCPT TO, before any data is sent")
+    tries = [
+        ("alice@example.org", None, "under quota"),
+        ("bob@example.org", None, "over quota"),
+        ("postmaster@example.org", None, "an alias of bob: checked after alias expansion"),
+        ("carol@example.org", None, "over its message count"),
+        ("erin@example.org", 1_000_000, "near full: 1 MB declared, 5 MB free"),
+        ("erin@example.org", 6_000_000, "near full: 6 MB declared, only 5 MB free"),
+    ]
+    for recipient, size, why in tries:
+        client = exim.smtp()
+        try:
+            options = [f"SIZE={size}"] if size else []
+            client.mail("sender@client.test", options)
+            code, text = client.rcpt(recipient)
+        finally:
+            client.close()
+        declared = f" SIZE={size}" if size else ""
+        print(f"C: MAIL FROM:<sender@client.test>{declared}")
+        print(f"C: RCPT TO:<{recipient}>        ({why})")
+        print(f"S: {code} {text.decode()}\n")
 
 
 def main() -> int:
@@ -90,6 +147,12 @@ def main() -> int:
         run(ldapquota + ["--show", "bob@example.org"], env=env, cwd=REPO)
         banner("a second --sync: nothing changed, so no account is written")
         run(ldapquota + ["--sync"], env=env, cwd=REPO)
+
+        exim = start_exim(slapd, workdir, root, config, ldapquota, env)
+        try:
+            smtp_dialogue(exim)
+        finally:
+            exim.cleanup()
         return 0
     finally:
         slapd.stop()

@@ -108,3 +108,38 @@ def ldap(slapd_server: Slapd) -> Slapd:
     slapd_server.ensure_running()
     slapd_server.reset()
     return slapd_server
+
+
+# --------------------------------------------------------------------------- Exim
+# tests/servers/exim.py: a private exim4-daemon-heavy on 127.0.0.1 (needs root for -bd).
+
+from servers.exim import Exim, exim_available  # noqa: E402
+
+
+def requires_exim() -> None:
+    usable, why = exim_available()
+    requires(usable, why or "exim4-daemon-heavy")
+
+
+@pytest.fixture(scope="session")
+def exim_factory(pytestconfig: pytest.Config) -> Iterator[Callable[..., Exim]]:
+    """``make(config_text, macros=None, name="exim") -> Exim``: start a private Exim daemon.
+
+    All are stopped at the end of the session; their directories (config, spool, logs)
+    are removed, or kept and listed in the terminal summary if a test failed.
+    """
+    daemons: list[Exim] = []
+
+    def make(config: str, macros: dict[str, str] | None = None, name: str = "exim") -> Exim:
+        requires_exim()
+        daemon = Exim(config, macros, name=name)
+        daemons.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in daemons:
+        daemon.stop()
+        if pytestconfig.stash.get(_FAILED, False):
+            pytestconfig.stash.setdefault(_KEPT, []).append(f"{daemon.workdir}  (Exim logs: {daemon.log_dir})")
+        else:
+            daemon.cleanup()

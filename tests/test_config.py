@@ -541,3 +541,16 @@ def test_example_configs_in_examples_parse(tmp_path):
         document = yaml.safe_load(text)
         undocumented = {key for key in SPEC_KEYS if key.split(".")[1] not in (document.get(key.split(".")[0]) or {})}
         assert not undocumented, f"{example} does not show {sorted(undocumented)}"
+
+
+@pytest.mark.parametrize("value, expected", [("auto", None), ("0", 0), ("3", 3)])
+def test_mailboxes_workers_accepts_auto_or_a_count(value, expected):
+    text = f"ldap:\n  uri: ldap://h\n  base_dn: dc=x\nmailboxes:\n  root: /x\n  workers: {value}\n"
+    assert parse_config(text).mailboxes.workers == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "true", "65"])
+def test_mailboxes_workers_rejects_anything_else_with_its_line(value):
+    text = f"ldap:\n  uri: ldap://h\n  base_dn: dc=x\nmailboxes:\n  root: /x\n  workers: {value}\n"
+    with pytest.raises(ConfigError, match=r"line 6: mailboxes.workers: expected auto or a number"):
+        parse_config(text, "f.yaml")

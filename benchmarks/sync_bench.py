@@ -1,0 +1,268 @@
+"""Benchmark of ``ldapquota --sync`` against its floor and the naive way, in one run.
+
+Builds its own data: N accounts bulk-loaded into a private slapd with ``slapadd`` and N
+maildirs with a ``maildirsize`` file (under /dev/shm by default: creating 100,000 small
+files on disk takes minutes here, see shared/reference/benchmarking.md). 5 % of the
+mailboxes are over quota. Then, each run in its own child process (so its peak RSS is its
+own, read with wait4):
+
+* cold       the first sync: no flags yet (writes the over-quota 5 %)
+* unchanged  a sync with nothing changed (target: ≤ 1.3 × floor, zero account writes)
+* changed    a sync after 5 % of the mailboxes changed state
+* floor      a bare ldap3 paged search of the same entries and attributes, plus a bare
+             read of the same maildirsize files: the least any sync must do
+* naive      the classic script: write every account's flag, every run
+
+"unchanged" and "floor" are interleaved over several rounds; the median and min–max are
+reported. LDAP writes are counted from slapd's stats log.
+
+    .venv/bin/python benchmarks/sync_bench.py [--accounts 100000] [--rounds 3] [--dir /dev/shm]
+"""
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import config_dict, write_config  # noqa: E402
+from servers.slapd import Slapd, _tool  # noqa: E402
+
+DOMAINS = [f"d{n}.example.org" for n in range(50)]
+QUOTA = 100_000_000  # bytes; far from full mailboxes stay outside the free margin
+FREE_MARGIN = "1MB"
+
+FLOOR_CODE = r"""
+import os, sys, ssl, ldap3
+uri, bind_dn, pw_file, base, root = sys.argv[1:6]
+attributes = sys.argv[6].split(",")
+password = open(pw_file).read().rstrip("\n")
+conn = ldap3.Connection(ldap3.Server(uri, get_info=ldap3.NONE), bind_dn, password, auto_bind=True, return_empty_attributes=False)
+read = entries = 0
+cookie = None
+while True:
+    conn.search(base, "(objectClass=inetOrgPerson)", attributes=attributes, paged_size=1000, paged_cookie=cookie)
+    for response in conn.response:
+        if response["type"] != "searchResEntry":
+            continue
+        entries += 1
+        local, _, domain = response["attributes"]["mail"][0].rpartition("@")
+        try:
+            with open(os.path.join(root, domain, local, "Maildir", "maildirsize"), "rb") as handle:
+                read += len(handle.read(5121))
+        except FileNotFoundError:
+            pass
+    cookie = conn.result["controls"]["1.2.840.113556.1.4.319"]["value"]["cookie"]
+    if not cookie:
+        break
+print(entries, read)
+"""
+
+NAIVE_CODE = r"""
+import sys, ldap3
+uri, bind_dn, pw_file, base = sys.argv[1:5]
+password = open(pw_file).read().rstrip("\n")
+conn = ldap3.Connection(ldap3.Server(uri, get_info=ldap3.NONE), bind_dn, password, auto_bind=True, return_empty_attributes=False)
+dns = []
+cookie = None
+while True:
+    conn.search(base, "(objectClass=inetOrgPerson)", attributes=["isOverQuota"], paged_size=1000, paged_cookie=cookie)
+    dns.extend(r["dn"] for r in conn.response if r["type"] == "searchResEntry")
+    cookie = conn.result["controls"]["1.2.840.113556.1.4.319"]["value"]["cookie"]
+    if not cookie:
+        break
+written = 0
+for dn in dns:
+    # The classic script: every account gets its flag written on every run.
+    conn.modify(dn, {"isOverQuota": [(ldap3.MODIFY_REPLACE, ["FALSE"])]})
+    written += conn.result["result"] == 0
+print(written)
+"""
+
+
+def address(n: int) -> str:
+    return f"user{n}@{DOMAINS[n % len(DOMAINS)]}"
+
+
+def write_maildirsize(root: Path, n: int, used: int, count: int) -> None:
+    local, _, domain = address(n).rpartition("@")
+    path = root / domain / local / "Maildir" / "maildirsize"
+    path.write_text(f"{QUOTA}S\n{used} {count}\n")
+
+
+def build(workdir: Path, accounts: int, over: set) -> tuple:
+    slapd = Slapd(workdir / "slapd")
+    slapd.start()  # config, ACLs, base tree
+    slapd.stop()
+    ldif = workdir / "accounts.ldif"
+    with open(ldif, "w") as out:
+        for n in range(accounts):
+            local = f"user{n}"
+            out.write(
+                f"dn: uid={local},{slapd.people_dn}\nobjectClass: inetOrgPerson\nobjectClass: testMailAccount\n"
+                f"uid: {local}\ncn: {local}\nsn: {local}\nmail: {address(n)}\nmailQuota: {QUOTA}\n\n"
+            )
+    started = time.monotonic()
+    subprocess.run([_tool("slapadd"), "-q", "-F", str(slapd.config_dir), "-b", slapd.suffix, "-l", str(ldif)], check=True)
+    print(f"slapadd of {accounts} accounts: {time.monotonic() - started:.1f} s", flush=True)
+    slapd.start()
+
+    root = workdir / "vmail"
+    started = time.monotonic()
+    for n in range(accounts):
+        local, _, domain = address(n).rpartition("@")
+        (root / domain / local / "Maildir").mkdir(parents=True)
+        used = QUOTA + 5000 if n in over else random.randrange(1000, QUOTA // 2)
+        write_maildirsize(root, n, used, 10)
+    print(f"{accounts} maildirs under {root}: {time.monotonic() - started:.1f} s", flush=True)
+    return slapd, root
+
+
+def _descendants(pid: int) -> list:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_measured(argv, env=None) -> tuple:
+    """(seconds, peak RSS MiB of the process, peak RSS MiB of the whole tree, stdout).
+
+    The process's own peak comes from wait4 on it alone (not RUSAGE_CHILDREN). Worker
+    processes (forkserver grandchildren) are not in it: a poller records their VmHWM
+    every 0.1 s and the tree figure adds them up."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO))
+    others = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.1):
+            for pid in _descendants(proc.pid):
+                others[pid] = max(others.get(pid, 0), _hwm_kib(pid))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    # Read the pipes ourselves so that wait4 (not Popen) reaps the child.
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    stop.set()
+    poller.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, argv[:5]))} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
+    own = rusage.ru_maxrss / 1024
+    return seconds, own, own + sum(others.values()) / 1024, out.decode()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", default="/dev/shm", help="where maildirs and slapd data go (default /dev/shm)")
+    parser.add_argument("--skip-naive", action="store_true", help="skip the naive write-everything run")
+    args = parser.parse_args()
+    random.seed(42)
+    n = args.accounts
+    over = set(random.sample(range(n), n // 20))
+    workdir = Path(tempfile.mkdtemp(prefix="ldapquota-bench-", dir=args.dir))
+    slapd = None
+    try:
+        slapd, root = build(workdir, n, over)
+        policy = {"max_changes": "100%", "free_margin": FREE_MARGIN}
+        config = write_config(workdir / "ldapquota.yaml", config_dict(slapd, root, policy=policy))
+        config0 = write_config(workdir / "ldapquota-w0.yaml", config_dict(slapd, root, policy=policy, mailboxes={"workers": 0}))
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        sync = [sys.executable, "-m", "ldapquota", "-c", str(config), "--sync", "-q"]
+        sync0 = [sys.executable, "-m", "ldapquota", "-c", str(config0), "--sync", "-q"]
+        from ldapquota.accounts import wanted_attributes
+        from ldapquota.config import load_config
+
+        cfg = load_config(str(config))
+        attributes = ",".join(wanted_attributes(cfg.accounts, cfg.mailboxes))
+        floor = [sys.executable, "-c", FLOOR_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file),
+                 slapd.people_dn, str(root), attributes]
+        results = {}
+
+        def measure(name, argv):
+            mark = slapd.log_mark()
+            seconds, rss, tree, out = run_measured(argv, env)
+            writes = len(slapd.writes_since(mark, under=slapd.people_dn))
+            results.setdefault(name, []).append((seconds, rss, tree, writes))
+            print(f"  {name:12s} {seconds:7.2f} s  {n / seconds:8.0f} accounts/s  writes={writes:6d}  "
+                  f"peak RSS {rss:6.1f} MiB (with workers {tree:6.1f} MiB)", flush=True)
+            return out
+
+        print(f"\nruns ({n} accounts, {len(over)} over quota, maildirs in {args.dir}):", flush=True)
+        measure("cold", sync)
+        for _ in range(args.rounds):
+            measure("floor", floor)
+            measure("unchanged", sync)
+            measure("unchanged/w0", sync0)
+        # 5 % change state: half of the over-quota mailboxes are emptied, as many others fill up.
+        changed = sorted(over)[: len(over) // 2]
+        fresh = random.sample(sorted(set(range(n)) - over), len(changed))
+        for k in changed:
+            write_maildirsize(root, k, 1000, 1)
+        for k in fresh:
+            write_maildirsize(root, k, QUOTA + 1, 11)
+        measure("changed", sync)
+        if not args.skip_naive:
+            measure("naive", [sys.executable, "-c", NAIVE_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file), slapd.people_dn])
+
+        print(f"\nsummary ({n} accounts; median of {args.rounds} rounds where repeated, min–max in brackets):")
+        floor_median = statistics.median(row[0] for row in results["floor"])
+        for name, rows in results.items():
+            seconds = [row[0] for row in rows]
+            median = statistics.median(seconds)
+            spread = f"[{min(seconds):.2f}–{max(seconds):.2f}]" if len(rows) > 1 else ""
+            rss = max(row[1] for row in rows)
+            tree = max(row[2] for row in rows)
+            writes = rows[-1][3]
+            print(f"  {name:12s} {median:7.2f} s {spread:15s} {n / median:8.0f} accounts/s  "
+                  f"{median / floor_median:5.2f}× floor  LDAP writes {writes:6d}  "
+                  f"peak RSS {rss:6.1f} MiB, with workers {tree:6.1f} MiB")
+        print("  (unchanged: measuring in worker processes, mailboxes.workers auto; "
+              "unchanged/w0: measuring in the main process)")
+        return 0
+    finally:
+        if slapd is not None:
+            slapd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Measuring accounts in batches, in worker processes, while the main process reads LDAP.
+
+A full sync spends its time in two places: decoding LDAP entries (ldap3, pure Python) and
+measuring mailboxes (system calls, parsing, deciding). Both hold the GIL, so threads do not
+overlap them; processes do. The main process reads one page of entries and hands it to a
+worker as a batch, then reads the next page while the worker measures. On a mail store
+on NFS or a cold disk, measuring is I/O-bound and several workers help further.
+
+A worker sends back only what the main process acts on: the counts, and the accounts that
+changed, failed or have no maildir. So the traffic between processes stays small however
+many accounts there are. Workers start from a fresh interpreter ("forkserver"), because
+forking a process that already runs threads (the daemon) is not safe.
+"""
+
+import multiprocessing
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Iterable, Iterator, List, Optional
+
+from ldapquota.config import AccountsConfig, Config, MailboxesConfig, PolicyConfig
+from ldapquota.directory import AccountEntry
+from ldapquota.evaluation import Evaluation, Evaluator
+
+BATCH_SIZE = 500
+MAX_WORKERS = 8
+
+
+@dataclass
+class BatchResult:
+    accounts: int = 0
+    over: int = 0
+    notable: List[Evaluation] = field(default_factory=list)  # changed, failed or without maildir
+
+
+def default_workers() -> int:
+    """One core reads LDAP, the others measure (at most eight); 0 on a single core."""
+    return max(0, min(MAX_WORKERS, (os.cpu_count() or 1) - 1))
+
+
+def evaluate_batch(evaluator: Evaluator, entries: Iterable[AccountEntry]) -> BatchResult:
+    result = BatchResult()
+    for entry in entries:
+        evaluation = evaluator.evaluate(entry)
+        result.accounts += 1
+        if evaluation.new.over:
+            result.over += 1
+        if evaluation.error is not None or evaluation.changed or (evaluation.measurement and evaluation.measurement.missing):
+            result.notable.append(evaluation)
+    return result
+
+
+def evaluate_all(
+    config: Config,
+    entries: Iterable[AccountEntry],
+    *,
+    workers: int,
+    now: Callable[[], float],
+) -> Iterator[BatchResult]:
+    """Batches of results, in the order of ``entries``. An exception raised while reading
+    ``entries`` (a truncated search) propagates to the caller unchanged."""
+    if workers <= 0:
+        evaluator = Evaluator(config, now)
+        try:
+            for batch in _batches(entries):
+                yield evaluate_batch(evaluator, batch)
+        finally:
+            evaluator.close()
+        return
+    context = multiprocessing.get_context("forkserver")
+    # Only what measuring needs crosses to the workers: not the LDAP password.
+    settings = (config.accounts, config.mailboxes, config.policy)
+    with context.Pool(workers, initializer=_start_worker, initargs=settings) as pool:
+        pending: Deque["multiprocessing.pool.AsyncResult[BatchResult]"] = deque()
+        for batch in _batches(entries):
+            # Plain dicts pickle; ldap3's case-insensitive dict is a class of its own.
+            plain = [AccountEntry(entry.dn, dict(entry.attributes)) for entry in batch]
+            pending.append(pool.apply_async(_worker_batch, (plain, now())))
+            # Bounded read-ahead: memory stays flat however large the directory is.
+            while len(pending) > 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _batches(entries: Iterable[AccountEntry]) -> Iterator[List[AccountEntry]]:
+    batch: List[AccountEntry] = []
+    for entry in entries:
+        batch.append(entry)
+        if len(batch) >= BATCH_SIZE:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------- in the worker
+
+_worker_evaluator: Optional[Evaluator] = None
+
+
+def _start_worker(accounts: AccountsConfig, mailboxes: MailboxesConfig, policy: PolicyConfig) -> None:
+    global _worker_evaluator
+    _worker_evaluator = Evaluator.from_settings(accounts, mailboxes, policy)
+
+
+def _worker_batch(entries: List[AccountEntry], now: float) -> BatchResult:
+    assert _worker_evaluator is not None
+    _worker_evaluator.now = lambda: now
+    return evaluate_batch(_worker_evaluator, entries)
