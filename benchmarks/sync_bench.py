@@ -82,8 +82,12 @@ while True:
         break
 written = 0
 for dn in dns:
-    # The classic script: every account gets its flag written on every run.
-    conn.modify(dn, {"isOverQuota": [(ldap3.MODIFY_REPLACE, ["FALSE"])]})
+    # The classic script: every account gets its flag written on every run (with the
+    # auxiliary class added where the entry lacks it: objectClassViolation, 65).
+    flag = {"isOverQuota": [(ldap3.MODIFY_REPLACE, ["FALSE"])]}
+    conn.modify(dn, flag)
+    if conn.result["result"] == 65:
+        conn.modify(dn, dict(flag, objectClass=[(ldap3.MODIFY_ADD, ["ldapQuotaStatus"])]))
     written += conn.result["result"] == 0
 print(written)
 """
