@@ -5,23 +5,28 @@ Writing rights are checked with OpenLDAP's No-Op control where the server offers
 server runs the modify through its ACL and schema checks and keeps nothing.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List
 
 from ldapquota.config import Config
-from ldapquota.directory import ATTR_OVER, SCHEMA_FILE, Directory, EntryWriteError, NoOpUnsupported
+from ldapquota.accounts import account_from_entry, wanted_attributes
+from ldapquota.directory import SCHEMA_FILE, AccountEntry, Directory, EntryWriteError, NoOpUnsupported
 from ldapquota.errors import (
     EX_CONFIG,
     EX_NOPERM,
     EX_OK,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
+    AccountError,
     LdapQuotaError,
     SafetyRefusal,
 )
+from ldapquota.paths import lexically_under_root
 from ldapquota.sync import check_mail_root
 
 OK, WARNING, FAILED = "ok", "warning", "FAILED"
+MAILBOX_SAMPLE = 200  # accounts whose maildir path is checked for existence
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,12 @@ def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
     first_has_class = False
     count = 0
     without_address = 0
-    for entry in directory.search_accounts([address_attribute, ATTR_OVER, "objectClass"]):
+    with_quota = 0
+    sampled = with_maildir = 0
+    quota_attribute = config.accounts.quota_attribute
+    root_real = os.path.realpath(config.mailboxes.root)
+    attributes = wanted_attributes(config.accounts, config.mailboxes) + ["objectClass"]
+    for entry in directory.search_accounts(attributes):
         count += 1
         if first_dn is None:
             first_dn, first_state, first_has_class = entry.dn, entry.quota_state, entry.has_quota_class
@@ -90,11 +100,27 @@ def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
         for value in values:
             key = value.lower()
             seen[key] = seen.get(key, 0) + 1
+        if quota_attribute and entry.values(quota_attribute):
+            with_quota += 1
+        if sampled < MAILBOX_SAMPLE:
+            sampled += 1
+            with_maildir += _has_maildir(entry, config, root_real)
     yield Finding(OK, f"search of {config.ldap.base_dn} for {config.ldap.filter} is complete: {count} accounts")
     if count == 0:
-        yield Finding(WARNING, "no account matches ldap.filter under ldap.base_dn")
+        yield Finding(WARNING, "no account matches ldap.filter under ldap.base_dn (or the bind DN may not see them)")
     if without_address:
         yield Finding(WARNING, f"{without_address} accounts have no {address_attribute}")
+    if quota_attribute and count and not with_quota:
+        # An ACL that hides the limit from ldapquota would make every mailbox unlimited.
+        fallback = f"accounts.default_quota ({config.accounts.default_quota})" if config.accounts.default_quota else "the maildirsize header, else no limit"
+        yield Finding(WARNING, f"no account has {quota_attribute} (misspelt, or not readable by the bind DN?); "
+                               f"every limit will come from {fallback}")
+    elif quota_attribute and count:
+        yield Finding(OK, f"{with_quota} of {count} accounts have {quota_attribute}")
+    if sampled:
+        level = WARNING if with_maildir == 0 else OK
+        yield Finding(level, f"{with_maildir} of the first {sampled} accounts have a maildir where mailboxes.path "
+                             f"({config.mailboxes.path.text}) says" + (" -- check mailboxes.root and mailboxes.path" if level == WARNING else ""))
     duplicates = sorted(address for address, n in seen.items() if n > 1)
     if duplicates:
         shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
@@ -119,6 +145,14 @@ def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
             yield from _noop_write(f"write quotaSyncTime on {status_dn}", lambda: directory.write_sync_time(status_dn, 0, noop=True))
     else:
         yield Finding(WARNING, "ldap.status_dn is not set: quotaSyncTime will not be recorded, so MTAs cannot tell stale flags")
+
+
+def _has_maildir(entry: AccountEntry, config: Config, root_real: str) -> bool:
+    try:
+        account = account_from_entry(entry, config.accounts, config.mailboxes)
+        return os.path.isdir(lexically_under_root(root_real, account.mailbox))
+    except (AccountError, ValueError):
+        return False
 
 
 def _noop_write(what: str, attempt: Callable[[], None]) -> Iterator[Finding]:

@@ -304,7 +304,7 @@ class Directory:
         if code == RC_INSUFFICIENT_ACCESS:
             raise PermissionDenied(f"search of {base} refused: {_describe(result)}")
         if code == RC_NO_SUCH_OBJECT:
-            raise SearchIncomplete(f"ldap.base_dn {base} does not exist on {self.server_uri}")
+            raise SearchIncomplete(f"ldap.base_dn {base} does not exist on {self.server_uri} (or the bind DN may not see it)")
         raise SearchIncomplete(f"search of {base} failed: {_describe(result)}")
 
     def find_accounts(self, address_attribute: str, address: str, attributes: Sequence[str]) -> List[AccountEntry]:

@@ -130,6 +130,12 @@ def run_sync(
         if progress:
             progress(report.accounts)
 
+    if report.accounts >= 10 and report.no_mailbox * 2 > report.accounts:
+        log.warning(
+            "%d of %d accounts have no maildir: check mailboxes.root and mailboxes.path (%s)",
+            report.no_mailbox, report.accounts, config.mailboxes.path.text,
+        )
+
     # The search came back complete (search_accounts raises otherwise): now the rules.
     flips = sum(1 for change in report.changes if change.flip)
     allowed = config.policy.max_changes.allowed(report.accounts)

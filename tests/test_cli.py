@@ -211,3 +211,16 @@ def _run_on_terminal(argv, timeout=120.0):
     process.wait(timeout=10)
     os.close(master)
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.integration
+def test_check_config_warns_when_no_account_has_the_quota_attribute_or_a_maildir(ldap, mail_root, tmp_path):
+    ldap.add_account("a@example.org")
+    make_maildir(mail_root, "someone-else@example.org")
+    config = config_dict(ldap, mail_root, mailboxes={"path": "{domain}/{localpart}/Mail"})
+    path = write_config(tmp_path / "c.yaml", config)
+
+    result = run_cli(["-c", str(path), "--check-config"])
+
+    assert "no account has mailQuota (misspelt, or not readable by the bind DN?)" in result.stdout
+    assert "0 of the first 1 accounts have a maildir where mailboxes.path ({domain}/{localpart}/Mail) says" in result.stdout

@@ -351,3 +351,13 @@ def test_read_only_bind_cannot_write_and_exits_77(ldap, mail_root, config_file):
     assert result.returncode == 77, result.stdout + result.stderr
     assert "refused" in result.stderr
     assert flags(ldap)["full@example.org"][0] is None
+
+
+def test_most_accounts_without_a_maildir_are_warned_about(ldap, mail_root, config_file):
+    ldap.add_accounts([f"u{n}@example.org" for n in range(12)], quota="1000")
+    make_maildir(mail_root, "u0@example.org")
+
+    result = run_cli(["-c", config_file(), "--sync"])
+
+    assert result.returncode == 0, result.stderr
+    assert "11 of 12 accounts have no maildir: check mailboxes.root and mailboxes.path" in result.stderr
