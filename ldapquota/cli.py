@@ -16,7 +16,7 @@ from ldapquota import __version__
 from ldapquota import log as logsetup
 from ldapquota.config import Config, default_config_path, load_config
 from ldapquota.directory import Directory
-from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, LdapQuotaError
+from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, LdapQuotaError, SafetyRefusal
 from ldapquota.sync import Change, SyncReport, run_sync
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
     progress = TerminalProgress(sys.stderr) if not args.quiet and sys.stderr.isatty() else None
-    report: Optional[SyncReport] = None
+    prefix = "dry run: " if args.dry_run else ""
     directory = Directory(config.ldap)
     try:
         with directory.connect():
@@ -108,10 +108,14 @@ def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
                 progress=progress.update if progress else None,
                 on_change=_print_would_change if args.dry_run else None,
             )
+    except SafetyRefusal as refusal:
+        measured: Optional[SyncReport] = getattr(refusal, "report", None)
+        if measured is not None:  # refused after measuring: say what was found
+            print(f"ldapquota: refused: {prefix}{measured.summary()}")
+        raise
     finally:
         if progress:
             progress.finish()
-    prefix = "dry run: " if args.dry_run else ""
     print(f"ldapquota: {prefix}{report.summary()}")
     return EX_PARTIAL if report.errors else EX_OK
 

@@ -150,7 +150,9 @@ def run_sync(
             if dry_run:
                 for change in report.changes:
                     (on_change or _log_change)(change)
-            raise SafetyRefusal(message + "; nothing written. Check the mail store and LDAP, then run with --force if this is right")
+            refusal = SafetyRefusal(message + "; nothing written. Check the mail store and LDAP, then run with --force if this is right")
+            refusal.report = report  # type: ignore[attr-defined]  # the CLI still prints the summary
+            raise refusal
         log.warning("%s (--force given: writing anyway)", message)
 
     for change in report.changes:

@@ -255,6 +255,7 @@ def test_mass_flip_is_refused_with_exit_75_and_nothing_written(ldap, mail_root, 
 
     assert refused.returncode == 75
     assert "would flip isOverQuota on 5 of 6 accounts" in refused.stderr
+    assert "ldapquota: refused: accounts=6 over=5 " in refused.stdout
     assert csns(ldap) == before
 
     forced = run_cli(["-c", path, "--sync", "--force"])
