@@ -110,6 +110,14 @@ def ldap(slapd_server: Slapd) -> Slapd:
     return slapd_server
 
 
+@pytest.fixture
+def mail_root(tmp_path: Path) -> Path:
+    """An empty mail root (mailboxes.root) for one test."""
+    root = tmp_path / "vmail"
+    root.mkdir()
+    return root
+
+
 # --------------------------------------------------------------------------- Exim
 # tests/servers/exim.py: a private exim4-daemon-heavy on 127.0.0.1 (needs root for -bd).
 

@@ -12,13 +12,6 @@ import pytest
 from helpers import REPO, config_dict, make_maildir, maildirsize_text, run_cli, write_config
 
 
-@pytest.fixture
-def mail_root(tmp_path):
-    root = tmp_path / "vmail"
-    root.mkdir()
-    return root
-
-
 # --------------------------------------------------------------------------- no server needed
 
 

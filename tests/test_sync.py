@@ -14,13 +14,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def mail_root(tmp_path):
-    root = tmp_path / "vmail"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def config_file(tmp_path, ldap, mail_root):
     """Write the config (with optional overrides) and return its path."""
 

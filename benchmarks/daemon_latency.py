@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""How fast does the daemon's flag follow a mailbox, and what does that cost?
+
+For each size (default 10,000 and 100,000 mailboxes) this builds its own world:
+
+* a private slapd on 127.0.0.1 (tests/servers/slapd.py, the test fixture), bulk-loaded
+  offline with ``slapadd``: N accounts with ``mailQuota`` 1 GiB, 1 % of them over quota
+  (and flagged, as after a previous sync);
+* N maildirs under /dev/shm (tmpfs: building 100k maildirs on disk takes minutes here,
+  see shared/reference/benchmarking.md): ``cur/ new/ tmp/``, one message whose size is in
+  its name (``,S=``), and a one-line ``maildirsize``.
+
+Then, with the daemon (``ldapquota --foreground``, default config, i.e. ``debounce 0.5s``)
+running as a child process:
+
+* **latency**: a mailbox gets a message that puts it over quota (file in ``new/``, a line
+  appended to ``maildirsize``: what a Maildir++ MDA does); the clock runs from the append
+  until ``ldapsearch`` (a fresh process each poll, every 20 ms, bound as the service
+  account) sees ``isOverQuota: TRUE``. Then the message is expunged (file removed, a
+  negative line appended) and the clock runs until it sees ``FALSE``. ``--trials`` of
+  each, each on another mailbox; p50 / p90 / p99 / max.
+* **idle CPU** of the daemon over ``--idle`` seconds with nothing changing (utime+stime
+  from /proc), starting ``--settle`` seconds after start-up (past the first account
+  refresh and DN listing, whose cost is reported from the log: the listing's duration and
+  how far apart the daemon spaces them), and slapd's CPU over the same window;
+* **peak RSS**: VmHWM of the daemon from /proc/PID/status at the end (its start-up full
+  sync included).
+
+The baseline is the cron recipe: ``ldapquota --sync`` run from cron every I minutes. Its
+latency is the wait for the next run plus the run itself: a change at a uniformly random
+moment waits U(0, I), then up to one sync duration D. We *measure* D (``--sync`` on the
+same data, daemon stopped, ``--sync-runs`` times, median) and its peak RSS (os.wait4 on
+that child alone) and CPU, and report p50 = I/2 + D, p90 = 0.9 I + D, p99 = 0.99 I + D,
+max = I + D for I = 5 and 60 min (the recipes' range). ``--cron-live SECONDS`` also runs
+the cron recipe for real — ``--sync`` on a timer of that period — and measures a few
+changes the same way as the daemon's (``--cron-live-trials`` each way), as a check on
+the model.
+
+Usage:  .venv/bin/python benchmarks/daemon_latency.py [--sizes 10000,100000] [--trials 50]
+        [--idle 60] [--cron-live 60 --cron-live-trials 5] [--workdir /dev/shm]
+Needs slapd, ldap-utils (scripts/setup installs them) and about 1 GB in /dev/shm at 100k.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+os.environ.setdefault("SLAPD_LOGLEVEL", "0")  # no per-operation log: the polling is heavy
+
+from servers.slapd import Slapd, find_tool  # noqa: E402
+
+GiB = 1024 ** 3
+LIMIT = GiB
+USED = 100 * 1024 ** 2  # far from full: no quotaFreeBytes (free_margin 50MiB)
+OVER_USED = LIMIT + 10 * 1024 ** 2
+DOMAINS = 100
+POLL = 0.02
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def address(i: int) -> str:
+    return f"u{i:06d}@d{i % DOMAINS:03d}.example"
+
+
+def is_over(i: int) -> bool:
+    return i % 100 == 7  # 1 %
+
+
+# --------------------------------------------------------------------------- world
+
+
+def build_directory(workdir: Path, n: int) -> Slapd:
+    slapd = Slapd(workdir / "slapd")
+    slapd.start()  # builds cn=config, ACLs (examples/slapd-acl.ldif), base entries
+    slapd.stop()
+    ldif = workdir / "accounts.ldif"
+    with open(ldif, "w") as out:
+        for i in range(n):
+            uid = f"u{i:06d}"
+            over = is_over(i)
+            out.write(
+                f"dn: uid={uid},{slapd.people_dn}\nobjectClass: inetOrgPerson\nobjectClass: testMailAccount\n"
+                + ("objectClass: ldapQuotaStatus\n" if over else "")
+                + f"uid: {uid}\ncn: {uid}\nsn: {uid}\nmail: {address(i)}\nmailQuota: {LIMIT}\n"
+                + ("isOverQuota: TRUE\nquotaFreeBytes: 0\n" if over else "")
+                + "\n"
+            )
+    started = time.monotonic()
+    proc = subprocess.run([find_tool("slapadd"), "-q", "-F", str(slapd.config_dir), "-b", slapd.suffix, "-l", str(ldif)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"slapadd failed: {proc.stderr}")
+    print(f"  slapadd of {n} accounts: {time.monotonic() - started:.1f}s", flush=True)
+    ldif.unlink()
+    slapd.start()
+    return slapd
+
+
+def maildir_of(root: Path, i: int) -> Path:
+    local, domain = address(i).split("@")
+    return root / domain / local / "Maildir"
+
+
+def build_maildirs(root: Path, n: int) -> None:
+    started = time.monotonic()
+    for i in range(n):
+        path = maildir_of(root, i)
+        used = OVER_USED if is_over(i) else USED
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(path / sub, exist_ok=True)
+        # The size is in the name: a walk (Maildir++ recount) finds the same usage.
+        open(path / "cur" / f"1.bench,S={used}:2,S", "w").close()
+        with open(path / "maildirsize", "w") as handle:
+            handle.write(f"{LIMIT}S\n{used} 1\n")
+    print(f"  {n} maildirs under {root}: {time.monotonic() - started:.1f}s", flush=True)
+
+
+def write_config(workdir: Path, slapd: Slapd, root: Path) -> Path:
+    import yaml
+
+    config = {
+        "ldap": {
+            "uri": slapd.uri, "bind_dn": slapd.ldapquota_dn, "bind_password_file": str(slapd.ldapquota_pw_file),
+            "base_dn": slapd.people_dn, "filter": "(objectClass=inetOrgPerson)", "status_dn": slapd.ldapquota_dn,
+        },
+        "accounts": {"quota_attribute": "mailQuota"},
+        "mailboxes": {"root": str(root)},
+        "daemon": {"pidfile": str(workdir / "ldapquota.pid")},  # everything else: defaults
+        "logging": {"target": str(workdir / "daemon.log"), "level": "debug"},  # shows the DN listings
+    }
+    path = workdir / "ldapquota.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class Flags:
+    """Reads isOverQuota with ldapsearch (the MTA's view), bound as the service account."""
+
+    def __init__(self, slapd: Slapd):
+        self.argv = [find_tool("ldapsearch"), "-x", "-LLL", "-H", slapd.uri, "-D", slapd.ldapquota_dn,
+                     "-y", str(slapd.ldapquota_pw_file), "-s", "base", "-o", "ldif-wrap=no"]
+        self.env = {"PATH": os.environ.get("PATH", ""), "LDAPCONF": str(slapd.workdir / "ldap.conf"),
+                    "HOME": str(slapd.workdir)}
+        self.people = slapd.people_dn
+
+    def get(self, i: int) -> str:
+        dn = f"uid=u{i:06d},{self.people}"
+        out = subprocess.run(self.argv + ["-b", dn, "(objectClass=*)", "isOverQuota"], capture_output=True,
+                             text=True, env=self.env).stdout
+        for line in out.splitlines():
+            if line.lower().startswith("isoverquota:"):
+                return line.split(":", 1)[1].strip()
+        return "absent"
+
+    def wait(self, i: int, want: str, since: float, timeout: float) -> float:
+        deadline = since + timeout
+        while True:
+            if self.get(i) == want:
+                return time.monotonic() - since
+            if time.monotonic() > deadline:
+                return float("inf")
+            time.sleep(POLL)
+
+
+def deliver(path: Path, size: int, tag: str) -> Path:
+    message = path / "new" / f"{time.time():.0f}.{tag},S={size}"
+    open(message, "w").close()
+    with open(path / "maildirsize", "a") as handle:
+        handle.write(f"{size} 1\n")
+    return message
+
+
+def expunge(path: Path, message: Path, size: int) -> None:
+    message.unlink()
+    with open(path / "maildirsize", "a") as handle:
+        handle.write(f"-{size} -1\n")
+
+
+def latency_trials(flags: Flags, root: Path, picks, timeout: float):
+    up, down = [], []
+    for n, i in enumerate(picks):
+        path = maildir_of(root, i)
+        size = LIMIT  # 100 MiB + 1 GiB: over
+        message = deliver(path, size, f"t{n}")
+        up.append(flags.wait(i, "TRUE", time.monotonic(), timeout))
+        time.sleep(random.uniform(0.1, 0.3))
+        expunge(path, message, size)
+        down.append(flags.wait(i, "FALSE", time.monotonic(), timeout))
+        time.sleep(random.uniform(0.1, 0.3))
+    return up, down
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ  # utime, stime
+
+
+def vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])  # kB
+    return 0
+
+
+def pct(values, q):
+    finite = sorted(values)
+    if not finite:
+        return float("nan")
+    k = max(0, min(len(finite) - 1, int(round(q / 100 * len(finite) + 0.5)) - 1))
+    return finite[k]
+
+
+def summary(values):
+    return {"n": len(values), "p50": pct(values, 50), "p90": pct(values, 90), "p99": pct(values, 99), "max": max(values)}
+
+
+def run_sync_child(config: Path):
+    """One `ldapquota --sync`: wall seconds, CPU seconds, peak RSS (kB) of that child alone."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "ldapquota", "-c", str(config), "--sync", "-q"],
+                            cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = proc.stdout.read().decode()
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"--sync failed ({proc.returncode}): {out} {proc.stderr.read().decode()}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+def cron_live(config: Path, flags: Flags, root: Path, period: float, trials: int, picks):
+    """The cron recipe for real: --sync every `period` seconds; changes at random moments."""
+    stop = [False]
+    runs = []
+
+    import threading
+
+    def timer():
+        next_at = time.monotonic()
+        while not stop[0]:
+            runs.append(run_sync_child(config)[0])
+            next_at += period
+            while not stop[0] and time.monotonic() < next_at:
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=timer, daemon=True)
+    thread.start()
+    up, down = [], []
+    for n, i in enumerate(picks[:trials]):
+        time.sleep(random.uniform(0, period))
+        path = maildir_of(root, i)
+        message = deliver(path, LIMIT, f"c{n}")
+        up.append(flags.wait(i, "TRUE", time.monotonic(), 3 * period))
+        time.sleep(random.uniform(0, period))
+        expunge(path, message, LIMIT)
+        down.append(flags.wait(i, "FALSE", time.monotonic(), 3 * period))
+    stop[0] = True
+    thread.join()
+    return up, down, runs
+
+
+# --------------------------------------------------------------------------- one size
+
+
+def bench_size(n: int, args) -> dict:
+    print(f"\n== {n} mailboxes", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"lqbench-{n}-", dir=args.workdir))
+    result = {"mailboxes": n, "workdir": str(workdir)}
+    slapd = None
+    daemon = None
+    try:
+        slapd = build_directory(workdir, n)
+        root = workdir / "vmail"
+        build_maildirs(root, n)
+        config = write_config(workdir, slapd, root)
+        flags = Flags(slapd)
+        rng = random.Random(n)
+        picks = rng.sample([i for i in range(n) if not is_over(i)], args.trials + args.cron_live_trials)
+
+        # ---- the daemon
+        started = time.monotonic()
+        daemon = subprocess.Popen([sys.executable, "-m", "ldapquota", "-c", str(config), "--foreground"],
+                                  cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=open(workdir / "daemon.stderr", "w"))
+        log = workdir / "daemon.log"
+        while "ready: " not in (log.read_text() if log.exists() else ""):
+            if daemon.poll() is not None:
+                raise SystemExit(f"daemon exited: {(workdir / 'daemon.stderr').read_text()}")
+            if time.monotonic() - started > 1800:
+                raise SystemExit("daemon not ready after 30 min")
+            time.sleep(0.2)
+        ready_at = time.monotonic()
+        result["daemon_ready_s"] = ready_at - started
+        ready_line = [l for l in log.read_text().splitlines() if "ready: " in l][0]
+        print(f"  daemon ready in {result['daemon_ready_s']:.1f}s: {ready_line.split('ready: ')[1]}", flush=True)
+        time.sleep(2)
+
+        up, down = latency_trials(flags, root, picks[: args.trials], timeout=30)
+        result["latency_set"] = summary(up)
+        result["latency_clear"] = summary(down)
+        print(f"  latency set   (s): {fmt(result['latency_set'])}", flush=True)
+        print(f"  latency clear (s): {fmt(result['latency_clear'])}", flush=True)
+
+        # Idle: after the first account refresh and DN listing (60 s after the start-up sync;
+        # their cost is reported below from the daemon's log), so the window shows the
+        # steady state: refreshes, over-quota re-checks, nothing else.
+        time.sleep(max(3.0, ready_at + args.settle - time.monotonic()))
+        d0, s0 = cpu_seconds(daemon.pid), cpu_seconds(slapd.pid)
+        time.sleep(args.idle)
+        d1, s1 = cpu_seconds(daemon.pid), cpu_seconds(slapd.pid)
+        result["idle_cpu_pct"] = 100 * (d1 - d0) / args.idle
+        result["idle_slapd_cpu_pct"] = 100 * (s1 - s0) / args.idle
+        result["peak_rss_mb"] = vm(daemon.pid, "VmHWM") / 1024
+        result["rss_mb"] = vm(daemon.pid, "VmRSS") / 1024
+        print(f"  idle CPU over {args.idle}s: daemon {result['idle_cpu_pct']:.2f}% of one core, "
+              f"slapd {result['idle_slapd_cpu_pct']:.2f}%", flush=True)
+        print(f"  daemon RSS: peak {result['peak_rss_mb']:.0f} MB, now {result['rss_mb']:.0f} MB", flush=True)
+        listings = re.findall(r"account listing: \d+ accounts, \d+ gone, ([\d.]+)s; next in (\d+)s", log.read_text())
+        if listings:
+            took, every = float(listings[0][0]), float(listings[0][1])
+            result["dn_listing"] = {"seconds": took, "every_s": every, "amortized_cpu_pct_max": 100 * took / every}
+            print(f"  DN listing (deleted accounts): {took:.2f}s every {every:.0f}s, at most "
+                  f"{100 * took / every:.2f}% of a core on average", flush=True)
+        daemon.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        result["daemon_exit"] = daemon.wait(60)
+        result["daemon_stop_s"] = time.monotonic() - t0
+        daemon = None
+
+        # ---- the baseline: ldapquota --sync, as cron runs it
+        runs = [run_sync_child(config) for _ in range(args.sync_runs)]
+        duration = statistics.median(r[0] for r in runs)
+        result["sync_s"] = {"median": duration, "min": min(r[0] for r in runs), "max": max(r[0] for r in runs)}
+        result["sync_cpu_s"] = statistics.median(r[1] for r in runs)
+        result["sync_peak_rss_mb"] = max(r[2] for r in runs) / 1024
+        print(f"  ldapquota --sync: {duration:.1f}s (min {result['sync_s']['min']:.1f}, max {result['sync_s']['max']:.1f}), "
+              f"CPU {result['sync_cpu_s']:.1f}s, peak RSS {result['sync_peak_rss_mb']:.0f} MB", flush=True)
+        cron = {}
+        for minutes in (5, 60):
+            interval = minutes * 60
+            cron[f"{minutes}min"] = {
+                "p50": interval * 0.5 + duration, "p90": interval * 0.9 + duration,
+                "p99": interval * 0.99 + duration, "max": interval + duration,
+                "cpu_pct": 100 * result["sync_cpu_s"] / interval,
+            }
+            print(f"  cron every {minutes:2d} min (model U(0,I)+D), latency (s): {fmt(cron[f'{minutes}min'])}; "
+                  f"CPU {cron[f'{minutes}min']['cpu_pct']:.2f}% of one core", flush=True)
+        result["cron_model"] = cron
+        if args.cron_live:
+            up, down, sync_runs = cron_live(config, flags, root, args.cron_live, args.cron_live_trials,
+                                            picks[args.trials:])
+            result["cron_live"] = {"period_s": args.cron_live, "set": summary(up), "clear": summary(down),
+                                   "sync_runs": len(sync_runs)}
+            print(f"  cron live, --sync every {args.cron_live:g}s: set {fmt(summary(up))}; clear {fmt(summary(down))}",
+                  flush=True)
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if slapd is not None:
+            slapd.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def fmt(s):
+    return " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if k != "cpu_pct")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--sync-runs", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=150.0,
+                        help="start the idle window this long after the daemon is ready (s)")
+    parser.add_argument("--cron-live", type=float, default=0.0, help="also run --sync on a timer of this period (s)")
+    parser.add_argument("--cron-live-trials", type=int, default=0)
+    parser.add_argument("--workdir", default="/dev/shm")
+    parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.cron_live and not args.cron_live_trials:
+        args.cron_live_trials = 5
+    print(f"ldapquota daemon benchmark: {os.cpu_count()} CPUs, maildirs and slapd under {args.workdir} (tmpfs), "
+          f"fs.inotify.max_user_watches={Path('/proc/sys/fs/inotify/max_user_watches').read_text().strip()}")
+    results = [bench_size(int(size), args) for size in args.sizes.split(",")]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    print("\nsummary (seconds; CPU in % of one core; RSS in MB)")
+    for r in results:
+        print(f"  {r['mailboxes']:>7} mailboxes: daemon set p50 {r['latency_set']['p50']:.2f} p90 {r['latency_set']['p90']:.2f} "
+              f"p99 {r['latency_set']['p99']:.2f} max {r['latency_set']['max']:.2f} | clear p50 {r['latency_clear']['p50']:.2f} "
+              f"p90 {r['latency_clear']['p90']:.2f} p99 {r['latency_clear']['p99']:.2f} max {r['latency_clear']['max']:.2f} | "
+              f"idle CPU {r['idle_cpu_pct']:.2f}% | peak RSS {r['peak_rss_mb']:.0f}")
+        c5, c60 = r["cron_model"]["5min"], r["cron_model"]["60min"]
+        print(f"  {'':>7}   cron 5 min: p50 {c5['p50']:.0f} p90 {c5['p90']:.0f} max {c5['max']:.0f}, CPU {c5['cpu_pct']:.2f}% | "
+              f"cron 60 min: p50 {c60['p50']:.0f} p90 {c60['p90']:.0f} max {c60['max']:.0f}, CPU {c60['cpu_pct']:.2f}% | "
+              f"--sync {r['sync_s']['median']:.1f}s, peak RSS {r['sync_peak_rss_mb']:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The daemon's process life: pidfile lock, detaching, privileges, signals, logging.
+
+``ldapquota`` without a mode flag runs :func:`run`:
+
+* the pidfile (``daemon.pidfile``) is opened and locked with ``flock()`` *before*
+  anything else, so a second instance is refused with a clear message (exit 75) while
+  the first one's lock is held, and a file left behind by a crash (no process holds
+  its lock any more) is simply locked again and rewritten;
+* the log handler (``logging.target``) is opened while errors can still reach the
+  terminal (a log file that cannot be opened is a config error, exit 78);
+* without ``--foreground`` the process detaches through python-daemon's DaemonContext
+  (double fork, setsid, chdir /, umask 022, stdio to /dev/null), keeping the pidfile's
+  and the log handler's descriptors open; the pidfile then gets the daemon's pid;
+  with ``--foreground`` (systemd ``Type=simple``) it stays attached;
+* ``daemon.user`` / ``daemon.group`` are dropped to after the pidfile and log are open
+  (and, with ``--foreground``, only when running as root);
+* SIGTERM/SIGINT stop (exit 0), SIGHUP reloads the config, SIGUSR1 runs a full sync.
+"""
+
+import errno
+import fcntl
+import grp
+import logging
+import os
+import pwd
+import signal
+import sys
+from typing import List, Optional, Tuple
+
+from ldapquota import log as logsetup
+from ldapquota.config import Config, default_config_path
+from ldapquota.errors import AlreadyRunning, ConfigError
+from ldapquota.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class PidFile:
+    """A pidfile held with an exclusive ``flock()`` for the life of the daemon.
+
+    The lock, not the file's existence, says whether a daemon runs: the kernel drops it
+    when the process dies, however it dies. The lock belongs to the open file, so it
+    survives python-daemon's forks as long as the descriptor is kept open.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        """Lock and write our pid. Raises AlreadyRunning, or ConfigError if the file
+        cannot be created."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"daemon.pidfile: cannot open {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                who = f" (pid {holder})" if holder else ""
+                raise AlreadyRunning(
+                    f"another ldapquota daemon is already running{who}: {self.path} is locked; not starting a second one"
+                ) from None
+            raise ConfigError(f"daemon.pidfile: cannot lock {self.path}: {exc.strerror}") from None
+        self.fd = fd
+        self.write(os.getpid())
+
+    def write(self, pid: int) -> None:
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{pid}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Remove the file if it is still ours, then drop the lock."""
+        if self.fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            # After dropping privileges the directory may not be ours to change: a file
+            # left behind is harmless (the next start locks it again).
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_pid(fd: int) -> Optional[int]:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def resolve_owner(user: Optional[str], group: Optional[str]) -> Tuple[Optional[int], Optional[int], Optional[str]]:
+    """``daemon.user``/``daemon.group`` → (uid, gid, user name); names or numbers.
+    Without a group the user's primary group is used. Raises ConfigError."""
+    uid = gid = None
+    name = None
+    if user is not None:
+        try:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except (KeyError, OverflowError):
+            raise ConfigError(f"daemon.user: no such user {user!r}") from None
+        uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
+    if group is not None:
+        try:
+            gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+        except (KeyError, OverflowError):
+            raise ConfigError(f"daemon.group: no such group {group!r}") from None
+    return uid, gid, name
+
+
+def drop_privileges(uid: Optional[int], gid: Optional[int], name: Optional[str]) -> None:
+    """Become ``uid``/``gid`` (with the user's supplementary groups). Raises ConfigError."""
+    if uid is None and gid is None:
+        return
+    try:
+        if gid is not None and gid != os.getgid():
+            if name is not None:
+                os.initgroups(name, gid)
+            else:
+                os.setgroups([gid])
+            os.setgid(gid)
+        if uid is not None and uid != os.getuid():
+            if name is not None and gid is None:
+                os.initgroups(name, os.getgid())
+            os.setuid(uid)
+    except OSError as exc:
+        raise ConfigError(f"daemon.user/daemon.group: cannot switch to uid {uid} gid {gid}: {exc.strerror}") from None
+
+
+def _handler_fds(handler: logging.Handler) -> List[int]:
+    """The descriptors a log handler writes to, to keep across detaching."""
+    fds = []
+    stream = getattr(handler, "stream", None)
+    if stream is not None and hasattr(stream, "fileno"):
+        try:
+            fds.append(stream.fileno())
+        except (OSError, ValueError):
+            pass
+    sock = getattr(handler, "socket", None)
+    if sock is not None:
+        try:
+            fds.append(sock.fileno())
+        except OSError:
+            pass
+    return fds
+
+
+def install_signal_handlers(service: Service) -> None:
+    def stop(signum, frame):
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.request_reload())
+    signal.signal(signal.SIGUSR1, lambda signum, frame: service.request_full_sync())
+
+
+def run(config: Config, *, foreground: bool, verbosity: int, config_path: Optional[str]) -> int:
+    """The daemon: returns the exit code (0 after SIGTERM). Raises LdapQuotaError for
+    what stops it from starting (AlreadyRunning 75, ConfigError 78)."""
+    # SIGHUP re-reads this file; the daemon's working directory is / once detached.
+    path = os.path.abspath(config_path or default_config_path())
+    uid, gid, user_name = resolve_owner(config.daemon.user, config.daemon.group)
+    try:
+        handler = logsetup.make_handler(config.logging.target)
+    except OSError as exc:
+        raise ConfigError(f"logging.target: cannot open {config.logging.target}: {exc.strerror}") from None
+    pidfile = PidFile(config.daemon.pidfile)
+    pidfile.acquire()
+    try:
+        if foreground:
+            if os.getuid() == 0:
+                drop_privileges(uid, gid, user_name)
+            elif uid is not None and uid != os.getuid():
+                raise ConfigError(f"daemon.user: only root can switch to {config.daemon.user}")
+        else:
+            _detach(config, pidfile, handler, uid, gid)
+        logsetup.configure(config.logging.target, config.logging.level, verbosity, handler=handler)
+        service = Service(config, config_path=path, verbosity=verbosity)
+        install_signal_handlers(service)
+        return service.run()
+    finally:
+        pidfile.release()
+
+
+def _detach(config: Config, pidfile: PidFile, handler: logging.Handler, uid: Optional[int], gid: Optional[int]) -> None:
+    import daemon as python_daemon  # python-daemon
+
+    keep_stderr = config.logging.target == "stderr"
+    if keep_stderr:
+        log.warning("logging.target is stderr but the daemon detaches: log lines go to the stderr it was "
+                    "started with; use syslog or a file (or --foreground under systemd)")
+    assert pidfile.fd is not None
+    context = python_daemon.DaemonContext(
+        detach_process=True,
+        working_directory="/",
+        umask=0o022,
+        uid=uid if uid is not None else os.getuid(),
+        gid=gid if gid is not None else os.getgid(),
+        initgroups=uid is not None,
+        files_preserve=[pidfile.fd] + _handler_fds(handler),
+        stderr=sys.stderr if keep_stderr else None,
+        # Our own handlers are installed after open(); keep the job-control ones ignored.
+        signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
+    )
+    context.open()  # the parent exits 0 in here
+    pidfile.write(os.getpid())

@@ -1,0 +1,297 @@
+"""The daemon's parts that need no LDAP: debouncing and backoff (with a made-up clock),
+the watcher (real inotify on temporary maildirs), the pidfile lock, config keys."""
+
+import errno
+import logging
+import os
+import random
+
+import pytest
+
+from ldapquota.config import parse_config
+from ldapquota.daemon import PidFile, resolve_owner
+from ldapquota.errors import AlreadyRunning, ConfigError
+from ldapquota.schedule import Backoff, Debouncer, Periodic, slice_size
+from ldapquota.watcher import Watcher, signature
+
+
+# --------------------------------------------------------------------------- Debouncer
+
+
+def test_a_burst_of_changes_is_acted_on_once_after_the_delay():
+    debouncer = Debouncer(0.5)
+    for t in (0.0, 0.1, 0.2, 0.3):
+        debouncer.touch("a", t)
+    assert debouncer.pop_due(0.49) == []
+    assert debouncer.next_due() == 0.5
+    assert debouncer.pop_due(0.5) == ["a"]
+    assert debouncer.pop_due(10) == [] and len(debouncer) == 0
+
+
+def test_a_steady_stream_does_not_postpone_the_action():
+    """The delay counts from the first change: no starvation under constant deliveries."""
+    debouncer = Debouncer(1.0)
+    acted = []
+    t = 0.0
+    while t < 5.0:
+        debouncer.touch("busy", t)
+        acted += [t for _ in debouncer.pop_due(t)]
+        t += 0.1
+    assert len(acted) >= 4
+
+
+def test_an_immediate_touch_overtakes_a_delayed_one_and_keys_come_out_in_order():
+    debouncer = Debouncer(1.0)
+    debouncer.touch("late", 0.0)
+    debouncer.touch("x", 0.0)
+    debouncer.touch("x", 0.2, delay=0.0)  # e.g. an over-quota recheck
+    assert debouncer.pop_due(0.3) == ["x"]
+    debouncer.touch("early", 0.5, delay=0.0)
+    assert debouncer.pop_due(2.0) == ["early", "late"]
+
+
+def test_pop_due_respects_the_limit_and_discard_forgets():
+    debouncer = Debouncer(0.0)
+    for key in "abcde":
+        debouncer.touch(key, 0.0)
+    debouncer.discard("c")
+    assert debouncer.pop_due(1.0, limit=2) == ["a", "b"]
+    assert debouncer.pop_due(1.0) == ["d", "e"]
+    assert debouncer.next_due() is None
+
+
+# --------------------------------------------------------------------------- Backoff, Periodic
+
+
+def test_backoff_doubles_up_to_its_maximum_and_resets():
+    backoff = Backoff(initial=0.5, maximum=4.0, jitter=0.0)
+    assert [backoff.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.5
+
+
+def test_backoff_jitter_stays_within_bounds():
+    backoff = Backoff(initial=10.0, maximum=10.0, jitter=0.1, rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(50)]
+    assert all(9.0 <= d <= 11.0 for d in delays) and len(set(delays)) > 1
+
+
+def test_periodic_tasks():
+    task = Periodic(60.0, now=100.0)
+    assert not task.is_due(159.9) and task.is_due(160.0)
+    task.soon(120.0)
+    assert task.is_due(120.0)
+    task.done(120.0)
+    assert task.due_at == 180.0
+    task.change_interval(10.0, now=121.0)
+    assert task.due_at == 131.0
+    assert Periodic(5.0, now=0.0, first=0.0).is_due(0.0)
+
+
+def test_slices_cover_everything_once_per_interval():
+    assert slice_size(0, 30, 1) == 0
+    assert slice_size(10, 30, 1) == 1
+    assert slice_size(100_000, 30, 1) == 3334
+    assert slice_size(5, 0.5, 1) == 5
+
+
+# --------------------------------------------------------------------------- Watcher
+
+
+def maildir(root, name, maildirsize=True):
+    path = root / name
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(parents=True)
+    if maildirsize:
+        (path / "maildirsize").write_text("1000S\n100 1\n")
+    return path
+
+
+@pytest.fixture
+def watcher():
+    w = Watcher(use_inotify=True, poll_interval=1.0, poll_step=0.1)
+    yield w
+    w.close()
+
+
+def test_a_maildirsize_append_is_seen_and_other_files_are_not(tmp_path, watcher):
+    box = maildir(tmp_path, "a")
+    other = maildir(tmp_path, "b")
+    assert watcher.add(str(box)) == "watch" and watcher.add(str(other)) == "watch"
+    with open(box / "maildirsize", "a") as handle:
+        handle.write("200 1\n")
+    (other / "dovecot.index.log").write_text("noise")
+    (other / "new" / "1.x,S=5").write_text("hello")  # not a deep watch: not looked at
+    assert watcher.read().paths == {str(box)}
+
+
+def test_a_replaced_maildirsize_is_seen(tmp_path, watcher):
+    box = maildir(tmp_path, "a")
+    watcher.add(str(box))
+    (box / "maildirsize.tmp").write_text("1000S\n0 0\n")
+    os.rename(box / "maildirsize.tmp", box / "maildirsize")  # a recalculation
+    assert watcher.read().paths == {str(box)}
+    (box / "maildirsize").unlink()
+    assert watcher.read().paths == {str(box)}
+
+
+def test_a_deep_watch_sees_deliveries_into_new_and_cur(tmp_path, watcher):
+    box = maildir(tmp_path, "a", maildirsize=False)
+    watcher.add(str(box), deep=True)
+    (box / "new" / "1.x,S=5").write_text("hello")
+    assert watcher.read().paths == {str(box)}
+    os.rename(box / "new" / "1.x,S=5", box / "cur" / "1.x,S=5:2,S")
+    assert watcher.read().paths == {str(box)}
+    # maildirsize appears: back to a shallow watch, new/ is no longer watched.
+    watcher.add(str(box), deep=False)
+    watcher.read()
+    (box / "new" / "2.x,S=5").write_text("hello")
+    assert watcher.read().paths == set()
+
+
+def test_a_removed_maildir_is_reported_then_polled_until_it_is_back(tmp_path, watcher):
+    box = maildir(tmp_path, "a")
+    watcher.add(str(box))
+    for sub in ("cur", "new", "tmp"):
+        os.rmdir(box / sub)
+    (box / "maildirsize").unlink()
+    os.rmdir(box)
+    assert str(box) in watcher.read().paths
+    assert watcher.mode(str(box)) == "poll"
+    maildir(tmp_path, "a")
+    changed = set()
+    for step in range(20):
+        changed |= watcher.poll(step * 0.1)
+    assert changed == {str(box)}
+    assert watcher.add(str(box)) == "watch"  # the service re-adds it once measured
+
+
+def test_a_missing_maildir_is_polled(tmp_path, watcher):
+    assert watcher.add(str(tmp_path / "not-yet")) == "poll"
+    assert watcher.polled_count == 1 and watcher.watched_count == 0
+
+
+def test_removing_one_of_two_paths_on_the_same_directory_keeps_the_other(tmp_path, watcher):
+    box = maildir(tmp_path, "a")
+    os.symlink(box, tmp_path / "alias")
+    watcher.add(str(box))
+    watcher.add(str(tmp_path / "alias"))
+    watcher.remove(str(tmp_path / "alias"))
+    with open(box / "maildirsize", "a") as handle:
+        handle.write("1 1\n")
+    assert watcher.read().paths == {str(box)}
+
+
+class _FullInotify:
+    """inotify with the kernel's watch limit at 1."""
+
+    def __init__(self, nonblocking=True):
+        self.watches = 0
+
+    def add_watch(self, path, mask):
+        if not os.path.isdir(path):
+            raise OSError(errno.ENOENT, "No such file or directory")
+        if self.watches >= 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.watches += 1
+        return self.watches
+
+    def rm_watch(self, wd):
+        self.watches -= 1
+
+    def fileno(self):
+        return -1
+
+    def read(self, timeout=0):
+        return []
+
+    def close(self):
+        pass
+
+
+def test_the_watch_limit_is_said_once_and_the_rest_is_polled(tmp_path, caplog):
+    w = Watcher(use_inotify=True, poll_interval=1.0, poll_step=0.5, inotify_factory=_FullInotify)
+    boxes = [maildir(tmp_path, name) for name in "abc"]
+    with caplog.at_level(logging.WARNING, logger="ldapquota.watcher"):
+        modes = [w.add(str(box)) for box in boxes]
+    assert modes == ["watch", "poll", "poll"]
+    assert len([r for r in caplog.records if "watch limit" in r.message]) == 1
+    with open(boxes[2] / "maildirsize", "a") as handle:
+        handle.write("5 1\n")
+    assert w.poll(0.0) | w.poll(0.5) == {str(boxes[2])}
+
+
+def test_without_inotify_everything_is_polled_and_spread_over_the_interval(tmp_path):
+    w = Watcher(use_inotify=False, poll_interval=1.0, poll_step=0.25)
+    boxes = [maildir(tmp_path, f"m{i}") for i in range(8)]
+    for box in boxes:
+        assert w.add(str(box), now=0.0) == "poll"
+    assert w.fileno() is None and w.next_poll_at == 0.25
+    for box in boxes:
+        with open(box / "maildirsize", "a") as handle:
+            handle.write("5 1\n")
+    first = w.poll(0.25)
+    assert len(first) == 2  # 8 mailboxes, 4 steps per interval
+    rest = set()
+    for t in (0.5, 0.75, 1.0):
+        rest |= w.poll(t)
+    assert first | rest == {str(b) for b in boxes}
+
+
+def test_signature_follows_maildirsize_and_the_directory():
+    assert signature("/nonexistent/x", False)[0] is None
+
+
+# --------------------------------------------------------------------------- pidfile, owner
+
+
+def test_the_pidfile_lock_refuses_a_second_holder_and_survives_a_stale_file(tmp_path):
+    path = tmp_path / "ldapquota.pid"
+    path.write_text("12345\n")  # stale: nobody holds its lock
+    first = PidFile(str(path))
+    first.acquire()
+    assert path.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(AlreadyRunning, match=rf"already running \(pid {os.getpid()}\)"):
+        PidFile(str(path)).acquire()
+    first.release()
+    assert not path.exists()
+    again = PidFile(str(path))
+    again.acquire()
+    again.release()
+
+
+def test_a_pidfile_in_a_missing_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="daemon.pidfile"):
+        PidFile(str(tmp_path / "no" / "such.pid")).acquire()
+
+
+def test_unknown_users_and_groups_are_config_errors():
+    assert resolve_owner(None, None) == (None, None, None)
+    assert resolve_owner("root", None) == (0, 0, "root")
+    with pytest.raises(ConfigError, match="daemon.user"):
+        resolve_owner("no-such-user-ldapquota", None)
+    with pytest.raises(ConfigError, match="daemon.group"):
+        resolve_owner(None, "no-such-group-ldapquota")
+
+
+# --------------------------------------------------------------------------- config keys
+
+BASE = "ldap:\n  uri: ldap://127.0.0.1\n  base_dn: dc=x\nmailboxes:\n  root: /var/vmail\n"
+
+
+def test_daemon_keys_have_defaults_and_take_durations():
+    config = parse_config(BASE)
+    assert (config.daemon.debounce, config.daemon.over_recheck, config.daemon.poll_interval) == (0.5, 30.0, 30.0)
+    config = parse_config(BASE + "daemon:\n  debounce: 0.2\n  over_recheck: 2m\n")
+    assert (config.daemon.debounce, config.daemon.over_recheck) == (0.2, 120.0)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("daemon:\n  debounce: -1\n", "daemon.debounce"),
+    ("daemon:\n  over_recheck: soon\n", "daemon.over_recheck"),
+    ("daemon:\n  poll_interval: 0\n", "daemon.poll_interval"),
+    ("daemon:\n  inotify: true\n", "daemon.inotify"),
+])
+def test_bad_daemon_keys_are_named(text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(BASE + text)
