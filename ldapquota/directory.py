@@ -13,7 +13,6 @@ Every ldap3 exception and every failed LDAP result is translated here into the e
 import re
 import ssl
 import time
-from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import ldap3

@@ -5,7 +5,7 @@ One thread, one loop. Each turn it
 1. takes what the watcher saw (inotify events, or a slice of ``stat`` polling) and notes
    the accounts of those mailboxes in a debouncer (``daemon.debounce``);
 2. measures the accounts that are due (only those), with the same
-   :class:`~ldapquota.sync.Evaluator` as ``--sync``, and keeps a *pending* change for
+   :class:`~ldapquota.evaluation.Evaluator` as ``--sync``, and keeps a *pending* change for
    each one whose state differs from what LDAP holds;
 3. writes the pending changes (one modify each, only what changed), unless LDAP is
    down: then they wait, and are written once it answers again (reconnect with backoff);
@@ -60,7 +60,8 @@ from ldapquota.errors import (
 from ldapquota.paths import lexically_under_root
 from ldapquota.quota import QuotaState
 from ldapquota.schedule import Backoff, Debouncer, Periodic
-from ldapquota.sync import Change, Evaluator, check_mail_root, run_sync
+from ldapquota.evaluation import Evaluator
+from ldapquota.sync import Change, check_mail_root, run_sync
 from ldapquota.watcher import MAILDIRSIZE, Watcher
 
 log = logging.getLogger(__name__)

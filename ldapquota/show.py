@@ -6,7 +6,7 @@ from ldapquota.config import Config
 from ldapquota.directory import Directory
 from ldapquota.errors import EX_OK, EX_PARTIAL
 from ldapquota.quota import QuotaState
-from ldapquota.sync import Evaluation, Evaluator
+from ldapquota.evaluation import Evaluation, Evaluator
 
 
 def describe_accounts(config: Config, directory: Directory, address: str) -> Tuple[List[str], int]:

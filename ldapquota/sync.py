@@ -16,7 +16,7 @@ from ldapquota.accounts import wanted_attributes
 from ldapquota.config import Config
 from ldapquota.directory import Directory, EntryWriteError
 from ldapquota.errors import SafetyRefusal
-from ldapquota.evaluation import Evaluation, Evaluator  # noqa: F401  (re-exported)
+from ldapquota.evaluation import Evaluation
 from ldapquota.parallel import default_workers, evaluate_all
 from ldapquota.quota import QuotaState
 
