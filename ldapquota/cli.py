@@ -16,7 +16,7 @@ from ldapquota import __version__
 from ldapquota import log as logsetup
 from ldapquota.config import Config, default_config_path, load_config
 from ldapquota.directory import Directory
-from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, LdapQuotaError, SafetyRefusal
+from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, ConfigError, LdapQuotaError, SafetyRefusal
 from ldapquota.sync import Change, SyncReport, run_sync
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logsetup.configure("stderr", "info", verbosity)
     try:
         config = load_config(args.config or default_config_path())
+        if not (args.exim_config or _is_daemon(args)):
+            # The daemon opens its log itself (before detaching); --exim-config prints only.
+            _configure_logging(config, verbosity)
         if args.exim_config:
             return _exim_config(config, args.mode)
         if args.check_config:
@@ -91,6 +94,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EX_SOFTWARE
 
 
+def _is_daemon(args: argparse.Namespace) -> bool:
+    return not (args.sync or args.check_config or args.show or args.exim_config)
+
+
+def _configure_logging(config: Config, verbosity: int) -> None:
+    """logging.target and logging.level for the one-shot modes (-v / -q override the level)."""
+    try:
+        logsetup.configure(config.logging.target, config.logging.level, verbosity)
+    except OSError as exc:
+        raise ConfigError(f"{config.path}: logging.target: cannot open {config.logging.target}: {exc.strerror}") from None
+
+
 # --------------------------------------------------------------------------- --sync
 
 
@@ -108,10 +123,11 @@ def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
                 progress=progress.update if progress else None,
                 on_change=_print_would_change if args.dry_run else None,
             )
-    except SafetyRefusal as refusal:
-        measured: Optional[SyncReport] = getattr(refusal, "report", None)
-        if measured is not None:  # refused after measuring: say what was found
-            print(f"ldapquota: refused: {prefix}{measured.summary()}")
+    except LdapQuotaError as failure:
+        measured: Optional[SyncReport] = getattr(failure, "report", None)
+        if measured is not None:  # ended after measuring: say what was found (and done)
+            outcome = "refused" if isinstance(failure, SafetyRefusal) else "failed"
+            print(f"ldapquota: {outcome}: {prefix}{measured.summary()}")
         raise
     finally:
         if progress:

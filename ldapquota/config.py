@@ -150,7 +150,7 @@ def _uris(value: Any) -> Tuple[str, ...]:
     uris = []
     for item in items:
         uri = _string(item)
-        if not re.match(r"^(ldap|ldaps)://[^/?#:]+(:\d{1,5})?/?$", uri, re.IGNORECASE):
+        if not re.match(r"^(ldap|ldaps)://(\[[0-9A-Fa-f:.]+\]|[^/?#:\[\]]+)(:\d{1,5})?/?$", uri, re.IGNORECASE):
             raise ValueError(f"{uri!r} is not an ldap:// or ldaps:// URI of a server (host[:port])")
         uris.append(uri)
     return tuple(uris)
@@ -171,7 +171,22 @@ def _filter(value: Any) -> str:
                 break
     if not well_formed or depth != 0:
         raise ValueError(f"{text!r} is not one LDAP filter in parentheses, e.g. (&(objectClass=inetOrgPerson)(mail=*))")
+    from ldapquota.directory import check_filter_syntax  # here: directory imports this module
+
+    check_filter_syntax(text)
     return text
+
+
+def _dn(value: Any) -> str:
+    text = _string(value)
+    from ldapquota.directory import check_dn_syntax  # here: directory imports this module
+
+    check_dn_syntax(text)
+    return text
+
+
+def _optional_dn(value: Any) -> Optional[str]:
+    return None if value is None else _dn(value)
 
 
 def _attribute(value: Any) -> str:
@@ -272,13 +287,13 @@ _SAME_AS_OVER = object()
 _SCHEMA: Dict[str, Dict[str, Tuple[Any, Callable[[Any], Any]]]] = {
     "ldap": {
         "uri": (_REQUIRED, _uris),
-        "bind_dn": (None, _optional_string),
+        "bind_dn": (None, _optional_dn),
         "bind_password_file": (None, _optional_string),
         "start_tls": (False, _boolean),
         "ca_file": (None, _optional_string),
-        "base_dn": (_REQUIRED, _string),
+        "base_dn": (_REQUIRED, _dn),
         "filter": ("(objectClass=inetOrgPerson)", _filter),
-        "status_dn": (None, _optional_string),
+        "status_dn": (None, _optional_dn),
     },
     "accounts": {
         "address_attribute": ("mail", _attribute),
@@ -315,7 +330,7 @@ _SCHEMA: Dict[str, Dict[str, Tuple[Any, Callable[[Any], Any]]]] = {
         "level": ("info", _log_level),
     },
     "mta": {
-        "bind_dn": (None, _optional_string),
+        "bind_dn": (None, _optional_dn),
         "bind_password_file": (None, _optional_string),
         "on_ldap_error": ("defer", _on_ldap_error),
         "defer_text": ("452 4.2.2 Mailbox full", _smtp_text("4")),

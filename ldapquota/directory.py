@@ -18,7 +18,9 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 from ldap3.core import results as ldap_results
+from ldap3.operation.search import parse_filter
 from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn
 
 from ldapquota.config import LdapConfig
 from ldapquota.errors import (
@@ -147,6 +149,22 @@ def account_filter(base_filter: str, attribute: Optional[str] = None, value: Opt
     if attribute is None:
         return base_filter
     return f"(&{base_filter}({attribute}={escape_value(value or '')}))"
+
+
+def check_filter_syntax(text: str) -> None:
+    """Raise ValueError unless ``text`` is an RFC 4515 filter ldap3 can send."""
+    try:
+        parse_filter(text, None, auto_escape=False, auto_encode=False, validator=None, check_names=False)
+    except ldap_exc.LDAPException as exc:
+        raise ValueError(f"{text!r} is not a valid LDAP filter: {exc}") from None
+
+
+def check_dn_syntax(text: str) -> None:
+    """Raise ValueError unless ``text`` is an RFC 4514 DN."""
+    try:
+        parse_dn(text)
+    except ldap_exc.LDAPException as exc:
+        raise ValueError(f"{text!r} is not a valid DN: {exc}") from None
 
 
 def generalized_time(epoch: float) -> str:

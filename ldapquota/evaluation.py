@@ -102,9 +102,10 @@ class Evaluator:
             )
         except MeasureError as exc:
             return Evaluation(entry, old, account, error=str(exc))
-        if measurement.missing and old.over:
-            # A flagged mailbox that is not there: moved, renamed, unmounted? Not sure
-            # enough to let mail in; keep the flag and say so.
-            return Evaluation(entry, old, account, measurement, error=f"maildir {measurement.path} does not exist; keeping isOverQuota TRUE")
+        if measurement.missing and (old.over or old.free_bytes is not None):
+            # A mailbox that was full or nearly full is not there: moved, renamed,
+            # unmounted? Not sure enough to let mail in (or bigger mail, through
+            # quotaFreeBytes); keep what is stored and say so.
+            return Evaluation(entry, old, account, measurement, error=f"maildir {measurement.path} does not exist; keeping the stored state")
         decision = decide(measurement.usage, measurement.limit, old.over, self.thresholds)
         return Evaluation(entry, old, account, measurement, decision)

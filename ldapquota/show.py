@@ -14,7 +14,8 @@ def describe_accounts(config: Config, directory: Directory, address: str) -> Tup
     evaluator = Evaluator(config)
     entries = directory.find_accounts(config.accounts.address_attribute, address, evaluator.attributes)
     if not entries:
-        return [f"no account with {config.accounts.address_attribute}={address} under {config.ldap.base_dn} matching {config.ldap.filter}"], EX_PARTIAL
+        shown = address if address.isprintable() else repr(address)
+        return [f"no account with {config.accounts.address_attribute}={shown} under {config.ldap.base_dn} matching {config.ldap.filter}"], EX_PARTIAL
     lines: List[str] = []
     code = EX_OK
     if len(entries) > 1:

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 from ldapquota.accounts import wanted_attributes
 from ldapquota.config import Config
 from ldapquota.directory import Directory, EntryWriteError
-from ldapquota.errors import SafetyRefusal
+from ldapquota.errors import LdapQuotaError, SafetyRefusal
 from ldapquota.evaluation import Evaluation
 from ldapquota.parallel import default_workers, evaluate_all
 from ldapquota.quota import QuotaState
@@ -130,6 +130,19 @@ def run_sync(
         if progress:
             progress(report.accounts)
 
+    if report.accounts == 0 and not force:
+        # A filter with a typo, or an ACL hiding the accounts, looks exactly like this; a
+        # "successful" sync would also refresh quotaSyncTime over stale flags.
+        report.refused = "the search matched no account"
+        report.seconds = time.monotonic() - started
+        raise _with_report(
+            SafetyRefusal(
+                f"the search of {config.ldap.base_dn} for {config.ldap.filter} matched no account "
+                "(a typo in ldap.filter or ldap.base_dn, or accounts the bind DN may not see?); "
+                "nothing written, quotaSyncTime not updated. Use --force if there really are none"
+            ),
+            report,
+        )
     if report.accounts >= 10 and report.no_mailbox * 2 > report.accounts:
         log.warning(
             "%d of %d accounts have no maildir: check mailboxes.root and mailboxes.path (%s)",
@@ -150,9 +163,11 @@ def run_sync(
             if dry_run:
                 for change in report.changes:
                     (on_change or _log_change)(change)
-            refusal = SafetyRefusal(message + "; nothing written. Check the mail store and LDAP, then run with --force if this is right")
-            refusal.report = report  # type: ignore[attr-defined]  # the CLI still prints the summary
-            raise refusal
+            _count_planned(report)  # what a forced run would do; nothing was written
+            raise _with_report(
+                SafetyRefusal(message + "; nothing written. Check the mail store and LDAP, then run with --force if this is right"),
+                report,
+            )
         log.warning("%s (--force given: writing anyway)", message)
 
     for change in report.changes:
@@ -165,6 +180,12 @@ def run_sync(
             report.errors += 1
             log.error("%s: %s", change.address, exc)
             continue
+        except LdapQuotaError as exc:
+            # The directory went away (or refused) part-way: what was written stays
+            # written (each write is right on its own); say how far the run got.
+            report.unchanged = report.accounts - report.set - report.cleared
+            report.seconds = time.monotonic() - started
+            raise _with_report(exc, report)
         report.writes += 1
         if change.flip:
             if change.new.over:
@@ -174,8 +195,7 @@ def run_sync(
         _log_change(change)
 
     if dry_run:
-        report.set = sum(1 for c in report.changes if c.flip and c.new.over)
-        report.cleared = sum(1 for c in report.changes if c.flip and not c.new.over)
+        _count_planned(report)
     report.unchanged = report.accounts - report.set - report.cleared
     if config.ldap.status_dn and not dry_run:
         try:
@@ -185,6 +205,20 @@ def run_sync(
             log.error("%s", exc)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _count_planned(report: SyncReport) -> None:
+    """set/cleared/unchanged as the planned changes would make them (dry run, refusal)."""
+    report.set = sum(1 for c in report.changes if c.flip and c.new.over)
+    report.cleared = sum(1 for c in report.changes if c.flip and not c.new.over)
+    report.unchanged = report.accounts - report.set - report.cleared
+
+
+def _with_report(exc: LdapQuotaError, report: SyncReport) -> LdapQuotaError:
+    """Attach what the run measured (and wrote) to the error that ends it, so the CLI
+    can still print the summary line every run ends with."""
+    exc.report = report  # type: ignore[attr-defined]
+    return exc
 
 
 def _record(report: SyncReport, evaluation: Evaluation) -> None:

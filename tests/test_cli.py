@@ -217,3 +217,13 @@ def test_check_config_warns_when_no_account_has_the_quota_attribute_or_a_maildir
 
     assert "no account has mailQuota (misspelt, or not readable by the bind DN?)" in result.stdout
     assert "0 of the first 1 accounts have a maildir where mailboxes.path ({domain}/{localpart}/Mail) says" in result.stdout
+
+
+@pytest.mark.integration
+def test_show_does_not_echo_control_characters(ldap, mail_root, tmp_path):
+    make_maildir(mail_root, "a@example.org")
+    path = write_config(tmp_path / "c.yaml", config_dict(ldap, mail_root))
+    result = run_cli(["-c", str(path), "--show", "a@example.org\x1b[2J"])
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout
+    assert "mail='a@example.org\\x1b[2J'" in result.stdout

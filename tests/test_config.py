@@ -554,3 +554,22 @@ def test_mailboxes_workers_rejects_anything_else_with_its_line(value):
     text = f"ldap:\n  uri: ldap://h\n  base_dn: dc=x\nmailboxes:\n  root: /x\n  workers: {value}\n"
     with pytest.raises(ConfigError, match=r"line 6: mailboxes.workers: expected auto or a number"):
         parse_config(text, "f.yaml")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("filter", "(foo~~bar)"), ("base_dn", "not a dn"), ("status_dn", "just words"), ("bind_dn", "=x")],
+)
+def test_filter_and_dn_syntax_is_checked_at_load_time_with_the_line(key, value):
+    extra = "  bind_password_file: /dev/null\n" if key == "bind_dn" else ""
+    base = "" if key == "base_dn" else "  base_dn: dc=x\n"
+    text = f"ldap:\n  uri: ldap://h\n{base}  {key}: '{value}'\n{extra}mailboxes:\n  root: /x\n"
+    line = 3 if key == "base_dn" else 4
+    with pytest.raises(ConfigError, match=rf"f.yaml, line {line}: ldap.{key}: .* is not a valid"):
+        parse_config(text, "f.yaml")
+
+
+@pytest.mark.parametrize("uri", ["ldap://[::1]:389", "ldaps://[2001:db8::5]", "ldap://ldap.example.org"])
+def test_ipv6_literal_and_plain_uris_are_accepted(uri):
+    text = f"ldap:\n  uri: '{uri}'\n  base_dn: dc=x\nmailboxes:\n  root: /x\n"
+    assert parse_config(text).ldap.uris == (uri,)

@@ -125,14 +125,14 @@ def test_config_text_cannot_inject_into_the_expansion(tmp_path):
     cfg = make_config(
         tmp_path,
         ldap="uri: ldap://ldap.example.org\nbase_dn: ou=Mail ${run{/bin/x}} users,dc=example,dc=org\nfilter: \"(&(objectClass=*)(description=a?b%c #d\\\\2a))\"",
-        mta='bind_dn: cn=Exim "MTA" \\5C ${x},dc=example,dc=org\ndefer_text: 452 4.2.2 Full $run \\N',
+        mta='bind_dn: cn=Exim \\"MTA\\" \\5C ${x},dc=example,dc=org\ndefer_text: 452 4.2.2 Full $run \\N',
     )
     query = render_query(cfg)
     options, url = query.rsplit(" ", 1)
     base, attrs, scope, search = url.split("/", 3)[3].split("?")
     assert base == "ou=Mail%20%24%7Brun%7B%2Fbin%2Fx%7D%7D%20users,dc=example,dc=org"
     assert search.startswith("(&(&(objectClass=*)(description=a%3Fb%25c%20%23d%5C2a))(")
-    assert 'user="cn=Exim \\\\"MTA\\\\" \\\\\\\\5C \\$\\{x\\},dc=example,dc=org"' in options
+    assert r'user="cn=Exim \\\\\\"MTA\\\\\\" \\\\5C \$\{x\},dc=example,dc=org"' in options
     text = render_exim_config(cfg)
     assert "Full \\$run \\\\N" in text
     assert "${run" not in text

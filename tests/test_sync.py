@@ -248,7 +248,7 @@ def test_mass_flip_is_refused_with_exit_75_and_nothing_written(ldap, mail_root, 
 
     assert refused.returncode == 75
     assert "would flip isOverQuota on 5 of 6 accounts" in refused.stderr
-    assert "ldapquota: refused: accounts=6 over=5 " in refused.stdout
+    assert "ldapquota: refused: accounts=6 over=5 set=5 cleared=0 unchanged=1 errors=0 writes=0 " in refused.stdout
     assert csns(ldap) == before
 
     forced = run_cli(["-c", path, "--sync", "--force"])
@@ -345,6 +345,8 @@ def test_read_only_bind_cannot_write_and_exits_77(ldap, mail_root, config_file):
     assert result.returncode == 77, result.stdout + result.stderr
     assert "refused" in result.stderr
     assert flags(ldap)["full@example.org"][0] is None
+    # Every run ends with its summary line, a failed one too.
+    assert "ldapquota: failed: accounts=1 over=1 set=0 cleared=0 unchanged=1 errors=0 writes=0 " in result.stdout
 
 
 def test_most_accounts_without_a_maildir_are_warned_about(ldap, mail_root, config_file):
@@ -355,3 +357,45 @@ def test_most_accounts_without_a_maildir_are_warned_about(ldap, mail_root, confi
 
     assert result.returncode == 0, result.stderr
     assert "11 of 12 accounts have no maildir: check mailboxes.root and mailboxes.path" in result.stderr
+
+
+def test_missing_maildir_of_a_nearly_full_account_keeps_its_free_bytes(ldap, mail_root, config_file):
+    # Published quotaFreeBytes says "nearly full"; raising it to the whole limit because
+    # the maildir cannot be found would let bigger mail through the MTA's SIZE check.
+    dn = ldap.add_account("near@example.org", quota="1000")
+    ldap.ldapmodify(f"dn: {dn}\nchangetype: modify\nadd: objectClass\nobjectClass: ldapQuotaStatus\n-\nreplace: quotaFreeBytes\nquotaFreeBytes: 10\n")
+    make_maildir(mail_root, "someone@example.org")
+    before = csns(ldap)
+
+    result = run_cli(["-c", config_file(), "--sync"])
+
+    assert result.returncode == 1
+    assert "does not exist; keeping the stored state" in result.stderr
+    assert flags(ldap)["near@example.org"] == (None, "10")
+    assert csns(ldap) == before
+
+
+def test_a_search_matching_no_account_is_refused_and_leaves_the_sync_time_alone(ldap, mail_root, config_file):
+    ldap.add_account("a@example.org", quota="1000")
+    make_maildir(mail_root, "a@example.org")
+    path = config_file(ldap={"filter": "(objectClass=inetOrgPersn)"})  # a typo
+
+    result = run_cli(["-c", path, "--sync"])
+
+    assert result.returncode == 75
+    assert "matched no account" in result.stderr
+    assert "ldapquota: refused: accounts=0 " in result.stdout
+    status = ldap.ldapsearch(ldap.ldapquota_dn, "(objectClass=*)", ["quotaSyncTime"], scope="base")
+    assert "quotaSyncTime" not in next(iter(status.values()))
+
+
+def test_sync_logs_where_the_config_says(ldap, mail_root, config_file, tmp_path):
+    ldap.add_account("full@example.org", quota="1000")
+    make_maildir(mail_root, "full@example.org", maildirsize=maildirsize_text("1000S", (1500, 3)))
+    log_file = tmp_path / "ldapquota.log"
+
+    result = run_cli(["-c", config_file(logging={"target": str(log_file), "level": "info"}), "--sync"])
+
+    assert result.returncode == 0, result.stderr
+    assert "full@example.org: isOverQuota FALSE -> TRUE" in log_file.read_text()
+    assert "isOverQuota FALSE -> TRUE" not in result.stderr
