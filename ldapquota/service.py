@@ -61,7 +61,7 @@ from ldapquota.paths import lexically_under_root
 from ldapquota.quota import QuotaState
 from ldapquota.schedule import Backoff, Debouncer, Periodic
 from ldapquota.evaluation import Evaluator
-from ldapquota.sync import Change, check_mail_root, run_sync
+from ldapquota.sync import Change, WriteSuperseded, check_mail_root, run_sync
 from ldapquota.watcher import MAILDIRSIZE, Watcher
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ TICK_EVERY = 0.1
 BATCH = 500
 #: While the mail root looks unmounted, due measurements wait this long.
 ROOT_RETRY = 5.0
+#: A full sync refused because mailboxes.root is missing or empty is tried again this soon.
+ROOT_SYNC_RETRY = 30.0
 #: Longest sleep of the loop (it has nothing to do, but stays lively).
 MAX_SLEEP = 60.0
 
@@ -189,6 +191,11 @@ class _SyncDirectory:
 
     def write_state(self, dn, old, new, has_class, *, noop=False) -> None:
         self._service._background_tick()
+        if dn.lower() in self._service._touched_in_sync:
+            # An event measured this account after the sync did (a sync measures all
+            # before it writes): the older measurement must not win. The account is
+            # measured again right after the sync.
+            raise WriteSuperseded(dn)
         with self._service._shielded():
             self._directory.write_state(dn, old, new, has_class, noop=noop)
         self._service._synced(dn, new)
@@ -237,6 +244,10 @@ class Service:
         self._interruptible = 0
         self._in_sync = False
         self._touched_in_sync: Set[str] = set()
+        # Flips written by events since the last full sync passed, and whether they have
+        # reached policy.max_changes (then event flips wait for a full sync's verdict).
+        self.flips_since_sync = 0
+        self.flip_budget_spent = False
         self._last_tick = 0.0
         self._root_problem: Optional[str] = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -475,6 +486,8 @@ class Service:
             if record is None:
                 del self.pending[key]
                 continue
+            if change.flip and not self._flip_allowed():
+                continue  # held: a full sync decides (and refuses if this is a mass flip)
             try:
                 with self._shielded():
                     directory.write_state(change.dn, change.old, change.new, change.has_class)
@@ -488,7 +501,26 @@ class Service:
             del self.pending[key]
             record.state = _shared_state(change.new)
             record.has_class = True
+            if change.flip:
+                self.flips_since_sync += 1
             log.info("%s", change.describe())
+
+    def _flip_allowed(self) -> bool:
+        """policy.max_changes on the event path: flips written since the last full sync
+        passed may not exceed it. A bulk change in LDAP (every quota lowered) or on disk
+        must not flip accounts one event at a time where --sync would refuse; beyond the
+        budget the flips wait for a full sync, which applies the rule to all of them."""
+        allowed = self.config.policy.max_changes.allowed(len(self.records))
+        if self.flips_since_sync < allowed:
+            return True
+        if not self.flip_budget_spent:
+            self.flip_budget_spent = True
+            log.warning(
+                "%d isOverQuota flips since the last full sync reach policy.max_changes (%s of %d accounts); "
+                "further flips wait for a full sync, starting now", self.flips_since_sync,
+                self.config.policy.max_changes, len(self.records))
+            self.full_sync.soon(self.clock())
+        return False
 
     def _write_failed(self, key: str, record: _Record, exc: Exception, directory: Directory) -> None:
         try:
@@ -531,7 +563,14 @@ class Service:
             first = self.refused is None
             self.refused = str(exc)
             retry = min(self.config.daemon.interval, REFUSED_RETRY)
-            (log.error if first else log.warning)(
+            level = log.error if first else log.warning
+            if not tee.complete:
+                # Refused before any account was read: the mail root is missing or empty
+                # (a store not mounted yet at boot). Look again soon, not in ten minutes,
+                # and say it once.
+                retry = ROOT_SYNC_RETRY
+                level = log.error if first else log.debug
+            level(
                 "full sync refused: %s. Nothing was written, and changes found by events are held "
                 "until a full sync passes (next try in %gs, or SIGUSR1)", exc, retry)
             if tee.complete:
@@ -545,6 +584,8 @@ class Service:
             if self.refused:
                 log.info("full sync passed the safety rules again; event-driven writes resume")
             self.refused = None
+            self.flips_since_sync = 0
+            self.flip_budget_spent = False
             self._forget_unseen()
             now = self.clock()
             self.full_sync.done(now)

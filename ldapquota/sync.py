@@ -23,6 +23,12 @@ from ldapquota.quota import QuotaState
 log = logging.getLogger(__name__)
 
 
+class WriteSuperseded(Exception):
+    """Raised by a directory wrapper (the daemon's) instead of writing a planned change:
+    the account was measured again after this sync measured it, and that newer
+    measurement decides. The write is skipped, not counted, not an error."""
+
+
 @dataclass(frozen=True)
 class Change:
     """A planned write (what is kept in memory between measuring and writing)."""
@@ -176,6 +182,9 @@ def run_sync(
             continue
         try:
             directory.write_state(change.dn, change.old, change.new, change.has_class)
+        except WriteSuperseded:
+            log.debug("%s: measured again since this sync did; its newer result decides", change.address)
+            continue
         except EntryWriteError as exc:
             report.errors += 1
             log.error("%s: %s", change.address, exc)

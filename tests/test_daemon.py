@@ -419,3 +419,26 @@ def test_a_vanished_mail_store_clears_no_flag(ldap, mail_root, setup):
     assert ldap.latest_csn() == csn  # nothing written
     assert flag(ldap, "over@example.org") == "TRUE"
     assert daemon.stop() == 0
+
+
+def test_a_bulk_change_cannot_flip_more_accounts_than_max_changes_through_events(ldap, mail_root, setup):
+    # The same protection --sync has: a provisioning mistake that lowers every quota at
+    # once must not flip every account one event at a time.
+    addresses = [f"u{n}@example.org" for n in range(10)]
+    for address in addresses:
+        ldap.add_account(address, quota="100000")
+        mailbox(mail_root, address, 0, 5000)
+    _, daemon = setup(policy={"max_changes": 2})
+    daemon.start()
+
+    ldap.ldapmodify("".join(
+        f"dn: uid={address.split('@')[0]},{ldap.people_dn}\nchangetype: modify\nreplace: mailQuota\nmailQuota: 1000\n\n"
+        for address in addresses
+    ))
+
+    daemon.wait_log(r"flips since the last full sync reach policy.max_changes")
+    daemon.wait_log(r"full sync refused: this run would flip isOverQuota on 8 of 10 accounts")
+    time.sleep(1.0)
+    flagged = [address for address in addresses if flag(ldap, address) == "TRUE"]
+    assert len(flagged) == 2, daemon.log()
+    assert daemon.stop() == 0
