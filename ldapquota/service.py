@@ -235,6 +235,10 @@ class Service:
         self.listing_due = float("inf")
         self.last_look: Optional[float] = None  # wall clock when the last sync/refresh began
         self.newest_modify: Optional[float] = None  # newest modifyTimestamp a refresh has seen
+        # Server time minus our time, learnt from the status entry after each full sync:
+        # modifyTimestamp is the server's clock, and a host clock ahead of it would make
+        # every refresh ask for changes "from the future".
+        self.server_offset = 0.0
         self.refused: Optional[str] = None  # the last full sync was refused by a safety rule
         self.generation = 0
         self.ready = False
@@ -591,6 +595,10 @@ class Service:
             self.full_sync.done(now)
             self.refresh.done(now)
             self.last_look = wall
+            # The sync read every account: the next refresh starts from here, in server
+            # time (this also drops a newest_modify from a server clock since stepped back).
+            self.newest_modify = None
+            self._learn_server_clock()
             self.listing_due = now + self.listing_every
             log.info("full sync: %s", report.summary())
         finally:
@@ -673,6 +681,26 @@ class Service:
         self.newest_modify = newest
         self.refresh.done(self.clock())
 
+    def _learn_server_clock(self) -> None:
+        """The status entry was just written (quotaSyncTime): its modifyTimestamp is the
+        server's "now". Without a status_dn, our clock is taken as the server's."""
+        status_dn = self.config.ldap.status_dn
+        directory = self.link.directory
+        if not status_dn or directory is None:
+            return
+        asked = time.time()
+        try:
+            with self._abandonable():
+                entry = directory.read_entry(status_dn, [MODIFY_TIMESTAMP])
+        except (DirectoryUnavailable, PermissionDenied):
+            return
+        stamp = _epoch(entry.first(MODIFY_TIMESTAMP)) if entry else None
+        if stamp is not None:
+            offset = stamp - asked
+            if abs(offset - self.server_offset) > 2:
+                log.info("the LDAP server's clock is %+.0f s from ours; account refreshes use the server's", offset)
+            self.server_offset = offset
+
     def _since(self, wall: float) -> str:
         """The lower bound of the next refresh, in the server's own time: the newest
         modifyTimestamp seen so far (inclusive, as a second holds many changes), or past
@@ -680,9 +708,11 @@ class Service:
         change of many entries in one second is not read again and again). Before the
         first refresh: the last full sync's start, less a margin for clock skew."""
         newest = self.newest_modify
+        server_wall = wall + self.server_offset
         if newest is None:
-            return generalized_time((self.last_look if self.last_look is not None else wall) - MODIFY_MARGIN)
-        if newest < wall - SECOND_CLOSED:
+            look = self.last_look if self.last_look is not None else wall
+            return generalized_time(look + self.server_offset - MODIFY_MARGIN)
+        if newest < server_wall - SECOND_CLOSED:
             return generalized_time(newest + 1)
         return generalized_time(newest)
 
