@@ -5,13 +5,27 @@ One inotify watch per maildir, on the maildir directory itself: Maildir++ MDAs (
 every delivery and deletion, and replace the file (write a temporary file, rename it)
 when they recalculate. Other files in that directory (Dovecot's index files, say) change
 often and are ignored by name. A maildir without ``maildirsize`` is measured by walking
-it, so it gets a "deep" watch: ``new/`` and ``cur/`` are watched too (three watches).
+it, so it gets a "deep" watch: ``new/`` and ``cur/`` of the maildir and of each of its
+``.Folder``s are watched too (1 + 2 + 2 per folder watches; a folder lacking ``new/`` or
+``cur/`` is watched itself until both are there). The maildir's own watch sees ``new/``,
+``cur/`` and folders appear (their watches are added then) and go; ``add()`` again
+retries what is missing. A deep watch that the kernel's watch limit leaves incomplete
+becomes polling.
+
+A watch follows its directory, not its path: a maildir renamed away (IN_MOVE_SELF) is
+watched again by path at once (or polled, if nothing is there now). A renamed parent
+directory says nothing at all, so each watch remembers the device and inode it is on:
+``mode()`` calls it "stale" and ``add()`` watches again when ``path`` names another
+directory now (the service calls ``add()`` after each measurement, and during full syncs
+for what ``mode()`` does not call "watch"). Paths watched again are reported changed.
 
 Mailboxes that cannot be watched are polled: ``watch: false`` in the config (NFS, where
 inotify never sees other hosts' changes), a maildir that does not exist yet, or the
 kernel's watch limit (``fs.inotify.max_user_watches``) reached — said once, loudly.
 Polling is spread over ``poll_interval`` in small slices and costs one ``stat`` of
-``maildirsize`` per mailbox and round.
+``maildirsize`` per mailbox and round (for a maildir without one: ``stat`` of the
+maildir, and for a deep one a listing of it and ``stat`` of ``new/``, ``cur/`` of it and
+of each folder).
 
 Paths are opaque keys here; what a change means is the service's business. A queue
 overflow (events lost) is reported so the caller can fall back on a full sync.
@@ -45,6 +59,11 @@ if _flags is not None:
     ROOT_MASK = _flags.MODIFY | _ENTRIES | _flags.DELETE_SELF | _flags.MOVE_SELF | _ONLYDIR
     #: new/ and cur/ of a maildir without maildirsize: messages arriving, moved, expunged
     DEEP_MASK = _ENTRIES | _flags.DELETE_SELF | _flags.MOVE_SELF | _ONLYDIR
+    #: a .Folder of a deep maildir lacking new/ or cur/: to see them appear
+    FOLDER_MASK = _flags.CREATE | _flags.MOVED_TO | _flags.MOVED_FROM | _flags.DELETE_SELF | _flags.MOVE_SELF | _ONLYDIR
+    _ISDIR = _flags.ISDIR
+    _MOVE_SELF = _flags.MOVE_SELF
+    _APPEARED = _flags.CREATE | _flags.MOVED_TO
     _OVERFLOW = _flags.Q_OVERFLOW
     _IGNORED = _flags.IGNORED
     _UNMOUNT = _flags.UNMOUNT
@@ -62,11 +81,44 @@ class Changes:
 
 
 class _Watch:
-    __slots__ = ("wds", "deep")
+    __slots__ = ("root", "ident", "deep", "subs")
 
-    def __init__(self, wds: List[int], deep: bool):
-        self.wds = wds  # [maildir, (new, cur)]
+    def __init__(self, root: int, ident: Tuple[int, int], deep: bool):
+        self.root = root  # the maildir's watch
+        self.ident = ident  # (st_dev, st_ino) of the directory that watch is on
         self.deep = deep
+        #: part → watch: "new", "cur", ".Folder/new", ".Folder/cur", and ".Folder" itself
+        #: while one of its new/ or cur/ is missing (to see it appear)
+        self.subs: Dict[str, int] = {}
+
+
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _is_folder(name: str) -> bool:
+    return name.startswith(".") and name not in (".", "..")
+
+
+def _folders(path: str) -> List[str]:
+    """The ``.Folder`` directories of a maildir (symlinks are not followed, as in the walk)."""
+    names = []
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if _is_folder(entry.name):
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            names.append(entry.name)
+                    except OSError:
+                        pass
+    except OSError:
+        return []
+    return sorted(names)
 
 
 def max_user_watches() -> Optional[int]:
@@ -77,9 +129,17 @@ def max_user_watches() -> Optional[int]:
         return None
 
 
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError as exc:
+        return -(exc.errno or 1)
+
+
 def signature(path: str, deep: bool) -> Tuple[object, ...]:
     """What polling compares: ``maildirsize``'s inode, size and mtime; for a maildir
-    without one (or a deep one), the mtimes of the directory (and ``new/``, ``cur/``)."""
+    without one (or a deep one), the mtimes of the directory (and of ``new/``, ``cur/``,
+    and ``new/``, ``cur/`` of every ``.Folder``: one listing and two ``stat`` per folder)."""
     try:
         info = os.stat(os.path.join(path, MAILDIRSIZE))
         size_file: object = (info.st_ino, info.st_size, info.st_mtime_ns)
@@ -89,12 +149,10 @@ def signature(path: str, deep: bool) -> Tuple[object, ...]:
         size_file = ("error", exc.errno)
     if size_file is not None and not deep:
         return (size_file,)
-    times = []
-    for sub in ("",) + (DEEP_PARTS if deep else ()):
-        try:
-            times.append(os.stat(os.path.join(path, sub) if sub else path).st_mtime_ns)
-        except OSError as exc:
-            times.append(-(exc.errno or 1))
+    times: List[object] = [_mtime(path)]
+    if deep:
+        for folder in [""] + _folders(path):
+            times.append((folder,) + tuple(_mtime(os.path.join(path, folder, sub)) for sub in DEEP_PARTS))
     return (size_file, tuple(times))
 
 
@@ -126,6 +184,7 @@ class Watcher:
         self._token = 0
         self._limit_reached = False  # the kernel's watch limit: stop trying until reset
         self._limit_warned = False
+        self._healed: Set[str] = set()  # re-watched paths: reported changed by the next read()
         self.next_poll_at: Optional[float] = None
 
     # ------------------------------------------------------------------ state
@@ -143,8 +202,13 @@ class Watcher:
         return len(self._polled)
 
     def mode(self, path: str) -> Optional[str]:
-        if path in self._watched:
-            return "watch"
+        """How ``path`` is followed: "watch" (inotify on the directory it names now),
+        "stale" (inotify on a directory ``path`` no longer names: moved away, or a parent
+        renamed — ``add()`` watches it again), "poll", or None (unknown). Costs one
+        ``stat`` for a watched path."""
+        watch = self._watched.get(path)
+        if watch is not None:
+            return "watch" if _identity(path) == watch.ident else "stale"
         if path in self._polled:
             return "poll"
         return None
@@ -160,6 +224,7 @@ class Watcher:
         self._watched.clear()
         self._polled.clear()
         self._poll_queue.clear()
+        self._healed.clear()
 
     def retry_limit(self) -> None:
         """Try inotify again for paths added from now on (watches may have been freed)."""
@@ -168,16 +233,25 @@ class Watcher:
     # ------------------------------------------------------------------ adding, removing
 
     def add(self, path: str, deep: bool = False, now: Optional[float] = None) -> str:
-        """Watch ``path`` (a maildir) — ``deep`` also watches new/ and cur/. Returns
-        "watch" or "poll". Adding a path again adjusts its depth; a polled path is tried
-        with inotify again (it may exist now)."""
+        """Watch ``path`` (a maildir) — ``deep`` also watches new/ and cur/ of it and of
+        its ``.Folder``s. Returns "watch" or "poll". Adding a path again adjusts its depth
+        and retries the deep watches that are missing; a watch that no longer is on the
+        directory ``path`` names (replaced by a rename) is made again; a polled path is
+        tried with inotify again (it may exist now). A path watched again this way is
+        reported changed by the next ``read()``."""
         current = self._watched.get(path)
         if current is not None:
-            if current.deep != deep:
-                self._set_depth(path, current, deep)
-            return "watch"
+            if _identity(path) == current.ident:
+                if current.deep != deep or deep:
+                    self._set_depth(path, current, deep, report=True)
+                return "watch" if path in self._watched else "poll"
+            self._drop(path)  # on a directory that moved away
+            self._healed.add(path)
         if self._inotify is not None and not self._limit_reached:
+            ident = _identity(path)
             try:
+                if ident is None:
+                    raise OSError(errno.ENOENT, "No such file or directory")
                 wd = self._inotify.add_watch(path, ROOT_MASK)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
@@ -185,52 +259,116 @@ class Watcher:
                 elif exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP):
                     log.warning("cannot watch %s: %s; polling it", path, exc.strerror or exc)
             else:
-                watch = _Watch([wd], False)
+                watch = _Watch(wd, ident, False)
                 self._watched[path] = watch
                 self._own(wd, path, "")
                 self._polled.pop(path, None)
                 if deep:
-                    self._set_depth(path, watch, True)
-                return "watch"
+                    self._set_depth(path, watch, True, report=False)
+                return "watch" if path in self._watched else "poll"
         self._poll(path, deep, now)
         return "poll"
 
     def remove(self, path: str) -> None:
-        watch = self._watched.pop(path, None)
-        if watch is not None:
-            for wd in watch.wds:
-                self._disown(wd, path)
+        self._drop(path)
         self._polled.pop(path, None)
+        self._healed.discard(path)
 
-    def _set_depth(self, path: str, watch: _Watch, deep: bool) -> None:
-        assert self._inotify is not None
+    def _drop(self, path: str) -> None:
+        """Forget ``path``'s watches (removing those no other path shares)."""
+        watch = self._watched.pop(path, None)
+        if watch is None:
+            return
+        for part, wd in watch.subs.items():
+            self._disown(wd, path, part)
+        self._disown(watch.root, path, "")
+
+    def _set_depth(self, path: str, watch: _Watch, deep: bool, report: bool) -> None:
+        """Shallow: drop the deep watches. Deep: add those missing (``report``: the path
+        is reported changed if any was added, as what they would have seen is unknown).
+        At the kernel's watch limit, a deep watch that cannot be completed becomes polling."""
         if not deep:
-            for wd in watch.wds[1:]:
-                self._disown(wd, path)
-            del watch.wds[1:]
+            for part in list(watch.subs):
+                self._unwatch(path, watch, part)
             watch.deep = False
             return
         watch.deep = True
-        for part in DEEP_PARTS:
-            try:
-                wd = self._inotify.add_watch(os.path.join(path, part), DEEP_MASK)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    self._watch_limit_reached()
-                continue  # a maildir without new/ or cur/ holds nothing there yet
-            watch.wds.append(wd)
+        added = False
+        for folder in [""] + _folders(path):
+            result = self._fill(path, watch, folder)
+            if result is None:
+                return  # polled now
+            added = added or result
+        if added and report:
+            self._healed.add(path)
+
+    def _fill(self, path: str, watch: _Watch, folder: str) -> Optional[bool]:
+        """Watch new/ and cur/ of ``folder`` ("" = the maildir itself). A folder lacking
+        one of them is watched itself, to see it appear. True if a watch was added, None
+        if the watch limit turned the path to polling."""
+        assert self._inotify is not None
+        added = False
+        for attempt in range(2):
+            missing = False
+            for sub in DEEP_PARTS:
+                part = os.path.join(folder, sub) if folder else sub
+                if part in watch.subs:
+                    continue
+                result = self._try_watch(path, watch, part, DEEP_MASK)
+                if result is None:
+                    return None
+                added = added or result
+                missing = missing or not result
+            if not folder:
+                break  # the maildir's own watch sees new/ and cur/ appear
+            if not missing:
+                self._unwatch(path, watch, folder)  # complete: no need to see new/, cur/ appear
+                break
+            if folder in watch.subs or attempt:
+                break
+            # Watch the folder to see them appear, then look again: one may have
+            # appeared before that watch was there.
+            result = self._try_watch(path, watch, folder, FOLDER_MASK)
+            if not result:
+                return result if result is None else added
+        return added
+
+    def _try_watch(self, path: str, watch: _Watch, part: str, mask: int) -> Optional[bool]:
+        """True: watched; False: not there (nothing to watch yet); None: the watch limit
+        is reached, and ``path`` is polled now."""
+        assert self._inotify is not None
+        try:
+            wd = self._inotify.add_watch(os.path.join(path, part), mask)
+        except OSError as error:
+            exc = error
+        else:
+            watch.subs[part] = wd
             self._own(wd, path, part)
+            return True
+        if exc.errno == errno.ENOSPC:
+            self._watch_limit_reached()
+            # A deep watch with holes would miss deliveries: poll this maildir instead.
+            self._drop(path)
+            self._poll(path, True, None)
+            self._healed.add(path)
+            return None
+        return False  # not there (or not a directory): nothing to watch yet
+
+    def _unwatch(self, path: str, watch: _Watch, part: str) -> None:
+        wd = watch.subs.pop(part, None)
+        if wd is not None:
+            self._disown(wd, path, part)
 
     def _own(self, wd: int, path: str, part: str) -> None:
         owners = self._wds.setdefault(wd, [])
         if (path, part) not in owners:
             owners.append((path, part))
 
-    def _disown(self, wd: int, path: str) -> None:
+    def _disown(self, wd: int, path: str, part: str) -> None:
         owners = self._wds.get(wd)
         if owners is None:
             return
-        owners[:] = [owner for owner in owners if owner[0] != path]
+        owners[:] = [owner for owner in owners if owner != (path, part)]
         if not owners:
             del self._wds[wd]
             if self._inotify is not None:
@@ -268,6 +406,9 @@ class Watcher:
     def read(self) -> Changes:
         """Drain the inotify queue without blocking."""
         changes = Changes()
+        if self._healed:
+            changes.paths |= self._healed
+            self._healed = set()
         if self._inotify is None:
             return changes
         for event in self._inotify.read(timeout=0):
@@ -284,31 +425,67 @@ class Watcher:
         if mask & _UNMOUNT:
             changes.unmounted = True
         if mask & _IGNORED:
-            # The kernel removed the watch: directory deleted, moved away, or unmounted.
+            # The kernel removed the watch: directory deleted, or unmounted.
             del self._wds[wd]
-            for path, part in owners:
+            for path, part in list(owners):
                 watch = self._watched.get(path)
                 if watch is None:
                     continue
-                if wd in watch.wds:
-                    watch.wds.remove(wd)
                 if part == "":
                     # The maildir itself is gone: drop its other watches, poll for its return.
-                    del self._watched[path]
-                    for other in watch.wds:
-                        self._disown(other, path)
-                    self._poll(path, watch.deep, None)
+                    if watch.root == wd:
+                        del self._watched[path]
+                        for sub, other in watch.subs.items():
+                            self._disown(other, path, sub)
+                        self._poll(path, watch.deep, None)
+                elif watch.subs.get(part) == wd:
+                    del watch.subs[part]
                 changes.paths.add(path)
             return
-        for path, part in owners:
-            if part:
+        if mask & _MOVE_SELF:
+            # Renamed: the watch follows the directory, which the path no longer names.
+            # No IN_IGNORED comes; watch what the path names now (or poll it).
+            for path, part in list(owners):
+                watch = self._watched.get(path)
+                if watch is None:
+                    continue
+                changes.paths.add(path)
+                if part == "":
+                    self._drop(path)
+                    self._healed.discard(path)
+                    self.add(path, watch.deep)
+                elif watch.subs.get(part) == wd:
+                    self._unwatch(path, watch, part)
+                    if part in DEEP_PARTS or os.path.dirname(part):
+                        self._fill(path, watch, os.path.dirname(part))  # new/ or cur/ replaced
+                    # (a .Folder watched itself: the maildir's watch sees where it went)
+            return
+        for path, part in list(owners):
+            watch = self._watched.get(path)
+            if watch is None:
+                continue
+            if part in DEEP_PARTS or os.path.dirname(part):
                 changes.paths.add(path)  # new/ or cur/ of a deep watch: anything counts
+            elif part:
+                # A .Folder lacking new/ or cur/: they may have appeared.
+                if name in DEEP_PARTS and mask & _ISDIR:
+                    changes.paths.add(path)
+                    self._fill(path, watch, part)
             elif mask & _SELF_GONE or name == MAILDIRSIZE:
                 changes.paths.add(path)
-            elif name in DEEP_PARTS and mask & _ENTRY_EVENTS:
-                watch = self._watched.get(path)
-                if watch is not None and watch.deep:
-                    changes.paths.add(path)
+            elif watch.deep and mask & _ENTRY_EVENTS and mask & _ISDIR and (name in DEEP_PARTS or _is_folder(name)):
+                # new/, cur/ or a .Folder of a deep maildir appeared or went.
+                changes.paths.add(path)
+                if name in DEEP_PARTS:
+                    if mask & _APPEARED:
+                        self._fill(path, watch, "")
+                    else:
+                        self._unwatch(path, watch, name)
+                elif mask & _APPEARED:
+                    self._fill(path, watch, name)
+                else:
+                    for sub in [name] + [os.path.join(name, part) for part in DEEP_PARTS]:
+                        self._unwatch(path, watch, sub)
 
     def poll(self, now: float) -> Set[str]:
         """``stat`` the next slice of polled paths; those whose signature changed."""

@@ -442,3 +442,26 @@ def test_a_bulk_change_cannot_flip_more_accounts_than_max_changes_through_events
     flagged = [address for address in addresses if flag(ldap, address) == "TRUE"]
     assert len(flagged) == 2, daemon.log()
     assert daemon.stop() == 0
+
+
+def test_a_maildir_replaced_by_a_rename_and_a_late_folder_are_still_followed(ldap, mail_root, setup):
+    """mv Maildir Maildir.old; cp -a Maildir.old Maildir — and, for a maildir without
+    maildirsize, a delivery into a .Folder created after the daemon started."""
+    import shutil
+
+    ldap.add_account("moved@example.org", quota="10000")
+    ldap.add_account("walk@example.org", quota="1000")
+    moved = mailbox(mail_root, "moved@example.org", 10000, 100)
+    walk = make_maildir(mail_root, "walk@example.org", messages=[("1.host,S=300", 300)])
+    _, daemon = setup()
+    daemon.start()
+    os.rename(moved, moved.parent / "Maildir.old")
+    shutil.copytree(moved.parent / "Maildir.old", moved, symlinks=True)
+    for sub in ("", "tmp", "new", "cur"):
+        (walk / ".Sent" / sub).mkdir()
+    time.sleep(0.5)  # the rename and the folder are seen, and measured (nothing changed)
+    deliver(moved, 20000)
+    wait_flag(ldap, "moved@example.org", "TRUE", daemon=daemon)
+    (walk / ".Sent" / "cur" / "2.host,S=900:2,S").write_bytes(b"x" * 900)
+    wait_flag(ldap, "walk@example.org", "TRUE", daemon=daemon)
+    assert daemon.stop() == 0

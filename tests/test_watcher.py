@@ -5,6 +5,7 @@ import errno
 import logging
 import os
 import random
+import shutil
 
 import pytest
 
@@ -240,6 +241,165 @@ def test_without_inotify_everything_is_polled_and_spread_over_the_interval(tmp_p
 
 def test_signature_follows_maildirsize_and_the_directory():
     assert signature("/nonexistent/x", False)[0] is None
+
+
+def deliver(folder, name="1.x,S=5", sub="new"):
+    (folder / sub / name).write_text("hello")
+
+
+def test_a_maildir_replaced_by_a_rename_is_watched_again(tmp_path, watcher):
+    """mv Maildir Maildir.old; cp -a Maildir.old Maildir: the watch followed the old one."""
+    box = maildir(tmp_path, "a")
+    assert watcher.add(str(box)) == "watch"
+    os.rename(box, tmp_path / "a.old")
+    assert watcher.read().paths == {str(box)}  # IN_MOVE_SELF
+    assert watcher.mode(str(box)) == "poll"  # nothing there for now
+    shutil.copytree(tmp_path / "a.old", box)
+    assert watcher.add(str(box)) == "watch"  # the service re-adds it once measured
+    # Replaced while the event was still queued: the copy is watched at once.
+    os.rename(box, tmp_path / "a.older")
+    shutil.copytree(tmp_path / "a.older", box)
+    assert watcher.read().paths == {str(box)}
+    assert watcher.mode(str(box)) == "watch"
+    with open(box / "maildirsize", "a") as handle:
+        handle.write("200 1\n")
+    with open(tmp_path / "a.older" / "maildirsize", "a") as handle:
+        handle.write("200 1\n")  # the old one is no longer looked at
+    assert watcher.read().paths == {str(box)}
+
+
+def test_a_renamed_parent_directory_makes_the_watch_stale_until_added_again(tmp_path, watcher):
+    """A parent renamed gives no event at all: mode() and add() compare device and inode."""
+    box = maildir(tmp_path / "example.org", "a")
+    other = maildir(tmp_path, "b")
+    watcher.add(str(box))
+    watcher.add(str(other))
+    os.rename(tmp_path / "example.org", tmp_path / "example.org.old")
+    shutil.copytree(tmp_path / "example.org.old", tmp_path / "example.org")
+    assert watcher.read().paths == set()
+    assert watcher.mode(str(box)) == "stale" and watcher.mode(str(other)) == "watch"
+    assert watcher.add(str(box)) == "watch" and watcher.mode(str(box)) == "watch"
+    assert watcher.read().paths == {str(box)}  # watched again: measure it again
+    with open(box / "maildirsize", "a") as handle:
+        handle.write("200 1\n")
+    assert watcher.read().paths == {str(box)}
+    assert watcher.add(str(box)) == "watch" and watcher.read().paths == set()
+
+
+def test_a_deep_watch_adds_new_and_cur_when_they_appear(tmp_path, watcher):
+    box = tmp_path / "a"
+    box.mkdir()  # the MDA is still creating it
+    assert watcher.add(str(box), deep=True) == "watch"
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir()
+    assert watcher.read().paths == {str(box)}
+    deliver(box)
+    assert watcher.read().paths == {str(box)}
+    os.rename(box / "new" / "1.x,S=5", box / "cur" / "1.x,S=5:2,S")
+    assert watcher.read().paths == {str(box)}
+
+
+def test_adding_a_deep_watch_again_retries_what_is_missing(tmp_path, watcher):
+    box = tmp_path / "a"
+    box.mkdir()
+    watcher.add(str(box), deep=True)
+    (box / "new").mkdir()
+    watcher._inotify.read(timeout=0)  # the event is lost (a queue overflow, say)
+    assert watcher.add(str(box), deep=True) == "watch"
+    assert watcher.read().paths == {str(box)}  # what the new watch would have seen is unknown
+    deliver(box)
+    assert watcher.read().paths == {str(box)}
+    assert watcher.add(str(box), deep=True) == "watch" and watcher.read().paths == set()
+
+
+def test_a_deep_watch_sees_deliveries_into_folders(tmp_path, watcher):
+    box = maildir(tmp_path, "a", maildirsize=False)
+    maildir(box, ".Sent", maildirsize=False)
+    watcher.add(str(box), deep=True)
+    deliver(box / ".Sent")
+    assert watcher.read().paths == {str(box)}
+    deliver(box / ".Sent", "2.x,S=5", sub="cur")
+    assert watcher.read().paths == {str(box)}
+    # A folder made in one go, and one made step by step.
+    maildir(box, ".Archive", maildirsize=False)
+    (box / ".Drafts").mkdir()
+    assert watcher.read().paths == {str(box)}
+    deliver(box / ".Archive")
+    assert watcher.read().paths == {str(box)}
+    (box / ".Drafts" / "cur").mkdir()
+    (box / ".Drafts" / "dovecot-uidlist").write_text("noise")
+    assert watcher.read().paths == {str(box)}
+    (box / ".Drafts" / "new").mkdir()
+    watcher.read()
+    deliver(box / ".Drafts", sub="cur")
+    deliver(box / ".Drafts", "2.x,S=5", sub="new")
+    assert watcher.read().paths == {str(box)}
+    # A renamed folder is still watched; a removed one no longer is.
+    os.rename(box / ".Archive", box / ".Old")
+    assert watcher.read().paths == {str(box)}
+    deliver(box / ".Old", "3.x,S=5")
+    assert watcher.read().paths == {str(box)}
+    shutil.rmtree(box / ".Old")
+    assert watcher.read().paths == {str(box)}
+    # Back to a shallow watch: folders are not looked at.
+    watcher.add(str(box), deep=False)
+    watcher.read()
+    deliver(box / ".Sent", "4.x,S=5")
+    assert watcher.read().paths == set()
+    assert set(watcher._wds) == {watcher._watched[str(box)].root}
+
+
+class _LimitedInotify:
+    """Real inotify with the kernel's watch limit at ``limit``."""
+
+    limit = 3
+
+    def __init__(self, nonblocking=True):
+        from inotify_simple import INotify
+        self.real = INotify(nonblocking=nonblocking)
+        self.wds = set()
+
+    def add_watch(self, path, mask):
+        if len(self.wds) >= self.limit:
+            os.stat(path)  # ENOENT first, as the kernel does
+            raise OSError(errno.ENOSPC, "No space left on device")
+        wd = self.real.add_watch(path, mask)
+        self.wds.add(wd)
+        return wd
+
+    def rm_watch(self, wd):
+        self.wds.discard(wd)
+        self.real.rm_watch(wd)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_deep_watch_the_limit_leaves_incomplete_is_polled_folders_included(tmp_path, caplog):
+    w = Watcher(use_inotify=True, poll_interval=1.0, poll_step=0.5, inotify_factory=_LimitedInotify)
+    try:
+        box = maildir(tmp_path, "a", maildirsize=False)
+        assert w.add(str(box), deep=True) == "watch"  # 3 watches
+        with caplog.at_level(logging.WARNING, logger="ldapquota.watcher"):
+            maildir(box, ".Sent", maildirsize=False)
+            assert w.read().paths == {str(box)}
+        assert w.mode(str(box)) == "poll" and w._inotify.wds == set()
+        assert [r for r in caplog.records if "watch limit" in r.message]
+        os.utime(box / ".Sent" / "new", ns=(0, 0))  # file times tick coarsely
+        w.poll(0.0)
+        deliver(box / ".Sent")
+        assert w.poll(0.5) == {str(box)}
+    finally:
+        w.close()
+
+
+def test_the_deep_polling_signature_covers_folders(tmp_path):
+    box = maildir(tmp_path, "a", maildirsize=False)
+    maildir(box, ".Sent", maildirsize=False)
+    os.utime(box / ".Sent" / "new", ns=(0, 0))  # file times tick coarsely
+    before = signature(str(box), True)
+    deliver(box / ".Sent")
+    assert signature(str(box), True) != before
 
 
 # --------------------------------------------------------------------------- pidfile, owner
