@@ -12,6 +12,7 @@ many accounts there are. Workers start from a fresh interpreter ("forkserver"), 
 forking a process that already runs threads (the daemon) is not safe.
 """
 
+import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -59,10 +60,16 @@ def evaluate_all(
 ) -> Iterator[BatchResult]:
     """Batches of results, in the order of ``entries``. An exception raised while reading
     ``entries`` (a truncated search) propagates to the caller unchanged."""
-    if workers <= 0:
+    batches = _batches(entries)
+    first = next(batches, None)
+    if first is None:
+        return
+    if workers <= 0 or len(first) < BATCH_SIZE:
+        # No workers asked for, or the whole directory fits in one batch: starting
+        # processes would cost more than it saves.
         evaluator = Evaluator(config, now)
         try:
-            for batch in _batches(entries):
+            for batch in itertools.chain([first], batches):
                 yield evaluate_batch(evaluator, batch)
         finally:
             evaluator.close()
@@ -72,7 +79,7 @@ def evaluate_all(
     settings = (config.accounts, config.mailboxes, config.policy)
     with context.Pool(workers, initializer=_start_worker, initargs=settings) as pool:
         pending: Deque["multiprocessing.pool.AsyncResult[BatchResult]"] = deque()
-        for batch in _batches(entries):
+        for batch in itertools.chain([first], batches):
             # Plain dicts pickle; ldap3's case-insensitive dict is a class of its own.
             plain = [AccountEntry(entry.dn, dict(entry.attributes)) for entry in batch]
             pending.append(pool.apply_async(_worker_batch, (plain, now())))

@@ -73,3 +73,14 @@ def test_an_error_while_reading_entries_reaches_the_caller_from_the_worker_path(
     with pytest.raises(RuntimeError, match="search stopped early"):
         for _ in evaluate_all(_config(root, 1), truncated(), workers=1, now=lambda: 0.0):
             pass
+
+
+def test_a_directory_smaller_than_one_batch_gives_the_same_results(tmp_path):
+    root = tmp_path / "vmail"
+    entries = _entries(root, 13)  # measured in this process: no pool is worth starting
+
+    in_process = _summarise(evaluate_all(_config(root, 0), entries, workers=0, now=lambda: 0.0))
+    asked_for_workers = _summarise(evaluate_all(_config(root, 2), entries, workers=2, now=lambda: 0.0))
+
+    assert asked_for_workers == in_process
+    assert in_process[0] == 13
