@@ -29,6 +29,7 @@ from ldapquota.errors import (
     SchemaMissing,
     SearchIncomplete,
 )
+from ldapquota.paths import attribute_values
 from ldapquota.quota import QuotaState
 
 OBJECT_CLASS = "ldapQuotaStatus"
@@ -110,10 +111,7 @@ class AccountEntry:
         return isinstance(other, AccountEntry) and (self.dn, dict(self.attributes)) == (other.dn, dict(other.attributes))
 
     def values(self, name: str) -> List[str]:
-        found = self.attributes.get(name)
-        if found is None:
-            lowered = name.lower()
-            found = next((v for k, v in self.attributes.items() if k.lower() == lowered), None)
+        found = attribute_values(self.attributes, name)
         if not found:
             return []
         if all(type(value) is str for value in found):

@@ -106,6 +106,9 @@ class Evaluator:
             # A mailbox that was full or nearly full is not there: moved, renamed,
             # unmounted? Not sure enough to let mail in (or bigger mail, through
             # quotaFreeBytes); keep what is stored and say so.
-            return Evaluation(entry, old, account, measurement, error=f"maildir {measurement.path} does not exist; keeping the stored state")
+            return Evaluation(entry, old, account, measurement, error=(
+                f"maildir {measurement.path} does not exist; keeping the stored state (mount or restore it; if the "
+                "mailbox is gone for good, delete the account's isOverQuota and quotaFreeBytes)"
+            ))
         decision = decide(measurement.usage, measurement.limit, old.over, self.thresholds)
         return Evaluation(entry, old, account, measurement, decision)

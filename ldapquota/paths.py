@@ -102,7 +102,7 @@ def _parse_field(body: str) -> _Field:
 def _field_value(field: _Field, address: Optional[str], attributes: Mapping[str, Sequence[str]]) -> str:
     if field.name == "attr":
         assert field.attribute is not None
-        values = _get_case_insensitive(attributes, field.attribute)
+        values = attribute_values(attributes, field.attribute)
         if not values:
             raise ValueError(f"the entry has no {field.attribute} attribute for the mailbox path")
         return str(values[0])
@@ -116,9 +116,11 @@ def _field_value(field: _Field, address: Optional[str], attributes: Mapping[str,
     return localpart if field.name == "localpart" else domain
 
 
-def _get_case_insensitive(attributes: Mapping[str, Sequence[str]], name: str) -> Sequence[str]:
-    if name in attributes:
-        return attributes[name]
+def attribute_values(attributes: Mapping[str, Sequence[object]], name: str) -> Sequence[object]:
+    """The values of attribute ``name``: LDAP attribute names are case-insensitive."""
+    found = attributes.get(name)
+    if found is not None:
+        return found
     lowered = name.lower()
     for key, values in attributes.items():
         if key.lower() == lowered:

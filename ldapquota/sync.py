@@ -67,13 +67,17 @@ class SyncReport:
     over: int = 0
     set: int = 0
     cleared: int = 0
-    unchanged: int = 0
     errors: int = 0
     writes: int = 0
     no_mailbox: int = 0
     seconds: float = 0.0
     refused: Optional[str] = None
     changes: List[Change] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> int:
+        """Accounts whose isOverQuota did not flip (written or not)."""
+        return self.accounts - self.set - self.cleared
 
     def summary(self) -> str:
         return (
@@ -192,7 +196,6 @@ def run_sync(
         except LdapQuotaError as exc:
             # The directory went away (or refused) part-way: what was written stays
             # written (each write is right on its own); say how far the run got.
-            report.unchanged = report.accounts - report.set - report.cleared
             report.seconds = time.monotonic() - started
             raise _with_report(exc, report)
         report.writes += 1
@@ -205,7 +208,6 @@ def run_sync(
 
     if dry_run:
         _count_planned(report)
-    report.unchanged = report.accounts - report.set - report.cleared
     if config.ldap.status_dn and not dry_run:
         try:
             directory.write_sync_time(config.ldap.status_dn, now())
@@ -217,10 +219,9 @@ def run_sync(
 
 
 def _count_planned(report: SyncReport) -> None:
-    """set/cleared/unchanged as the planned changes would make them (dry run, refusal)."""
+    """set/cleared as the planned changes would make them (dry run, refusal)."""
     report.set = sum(1 for c in report.changes if c.flip and c.new.over)
     report.cleared = sum(1 for c in report.changes if c.flip and not c.new.over)
-    report.unchanged = report.accounts - report.set - report.cleared
 
 
 def _with_report(exc: LdapQuotaError, report: SyncReport) -> LdapQuotaError:
