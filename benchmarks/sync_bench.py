@@ -212,11 +212,12 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         sync = [sys.executable, "-m", "ldapquota", "-c", str(config), "--sync", "-q"]
         sync0 = [sys.executable, "-m", "ldapquota", "-c", str(config0), "--sync", "-q"]
-        from ldapquota.accounts import wanted_attributes
         from ldapquota.config import load_config
+        from ldapquota.evaluation import Evaluator
 
-        cfg = load_config(str(config))
-        attributes = ",".join(wanted_attributes(cfg.accounts, cfg.mailboxes))
+        evaluator = Evaluator(load_config(str(config)))
+        attributes = ",".join(evaluator.attributes)
+        evaluator.close()
         floor = [sys.executable, "-c", FLOOR_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file),
                  slapd.people_dn, str(root), attributes]
         results = {}

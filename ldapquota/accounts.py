@@ -1,36 +1,45 @@
-"""From an LDAP entry to what we need to measure it: address, limit, mailbox path (pure).
+"""From an account entry to what we need to measure it: address, limit, mailbox (pure).
 
-SPEC §4: the limit is the quota attribute (integer × quota_unit, or a Maildir++ string),
-else ``accounts.default_quota``, else the maildirsize header (``None`` here), else none.
-The mailbox is the mailbox attribute if set and present, else the path template.
+docs/contract.md §4: the limit is the quota attribute (integer × quota_unit, or a
+Maildir++ string), else ``accounts.default_quota``, else the limit the usage source holds
+(``None`` here), else none. Where the mailbox is, is the usage source's business
+(``source.locate``).
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
-from ldapquota.config import AccountsConfig, MailboxesConfig
-from ldapquota.directory import ATTR_FREE, ATTR_OVER, AccountEntry
+from ldapquota.entry import ATTR_FREE, ATTR_OVER, AccountEntry
 from ldapquota.errors import AccountError
-from ldapquota.paths import strip_mail_location
 from ldapquota.quota import Limit, parse_limit_value
+from ldapquota.settings import AccountsConfig
+
+
+class Locator(Protocol):
+    """What a usage source tells about accounts before measuring them."""
+
+    #: Where a limit comes from when LDAP and the default give none ("maildirsize header").
+    own_limit: str
+
+    def locate(self, entry: AccountEntry, address: Optional[str]) -> str:
+        """The account's mailbox as the source names it. Raises AccountError."""
 
 
 @dataclass(frozen=True)
 class Account:
     dn: str
     address: str  # for messages; the DN stands in when the entry has no address
-    limit: Optional[Limit]  # None: take the limit from the maildirsize header
+    limit: Optional[Limit]  # None: the usage source's own limit decides
     limit_source: str
-    mailbox: str  # relative to mailboxes.root, or absolute (still checked against it)
+    mailbox: str  # as the usage source names it (a maildir path, a user, a quota root)
 
 
-def wanted_attributes(accounts: AccountsConfig, mailboxes: MailboxesConfig) -> List[str]:
-    """The attributes a sync asks LDAP for: only what is used (search cost grows with them)."""
+def wanted_attributes(accounts: AccountsConfig, source_attributes: Sequence[str]) -> List[str]:
+    """The attributes a sync asks for: only what is used (search cost grows with them)."""
     names = [accounts.address_attribute, ATTR_OVER, ATTR_FREE]
-    for optional in (accounts.quota_attribute, accounts.mailbox_attribute):
-        if optional:
-            names.append(optional)
-    names.extend(mailboxes.path.attributes)
+    if accounts.quota_attribute:
+        names.append(accounts.quota_attribute)
+    names.extend(source_attributes)
     unique: List[str] = []
     for name in names:
         if name.lower() not in (u.lower() for u in unique):
@@ -38,24 +47,14 @@ def wanted_attributes(accounts: AccountsConfig, mailboxes: MailboxesConfig) -> L
     return unique
 
 
-def account_from_entry(entry: AccountEntry, accounts: AccountsConfig, mailboxes: MailboxesConfig) -> Account:
+def account_from_entry(entry: AccountEntry, accounts: AccountsConfig, source: Locator) -> Account:
     """Raises AccountError when the entry cannot be used (the account keeps its flag)."""
     address = entry.first(accounts.address_attribute)
-    limit, source = _limit(entry, accounts)
-    location = entry.first(accounts.mailbox_attribute) if accounts.mailbox_attribute else None
-    if location:
-        mailbox = strip_mail_location(location.strip())
-        if not mailbox:
-            raise AccountError(f"{accounts.mailbox_attribute} {location!r} is not a path")
-    else:
-        try:
-            mailbox = mailboxes.path.render(address, entry.attributes)
-        except ValueError as exc:
-            raise AccountError(f"mailbox path: {exc}") from None
-    return Account(entry.dn, address or entry.dn, limit, source, mailbox)
+    limit, limit_source = _limit(entry, accounts, source.own_limit)
+    return Account(entry.dn, address or entry.dn, limit, limit_source, source.locate(entry, address))
 
 
-def _limit(entry: AccountEntry, accounts: AccountsConfig) -> Tuple[Optional[Limit], str]:
+def _limit(entry: AccountEntry, accounts: AccountsConfig, own_limit: str) -> Tuple[Optional[Limit], str]:
     if accounts.quota_attribute:
         values = entry.values(accounts.quota_attribute)
         if len(values) > 1:
@@ -67,4 +66,4 @@ def _limit(entry: AccountEntry, accounts: AccountsConfig) -> Tuple[Optional[Limi
                 raise AccountError(f"{accounts.quota_attribute} {values[0]!r}: {exc}") from None
     if accounts.default_quota is not None:
         return accounts.default_quota, "accounts.default_quota"
-    return None, "maildirsize header"
+    return None, own_limit

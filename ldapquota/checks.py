@@ -5,13 +5,11 @@ Writing rights are checked with OpenLDAP's No-Op control where the server offers
 server runs the modify through its ACL and schema checks and keeps nothing.
 """
 
-import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
-from ldapquota.config import Config
 from ldapquota.accounts import account_from_entry, wanted_attributes
-from ldapquota.directory import SCHEMA_FILE, AccountEntry, Directory, EntryWriteError, NoOpUnsupported
+from ldapquota.entry import SCHEMA_FILE, AccountEntry
 from ldapquota.errors import (
     EX_CONFIG,
     EX_NOPERM,
@@ -19,11 +17,15 @@ from ldapquota.errors import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     AccountError,
+    EntryWriteError,
     LdapQuotaError,
+    NoOpUnsupported,
     SafetyRefusal,
 )
-from ldapquota.paths import lexically_under_root
-from ldapquota.sync import check_mail_root
+from ldapquota.flagstore import FlagStore
+from ldapquota.settings import Config
+from ldapquota.sources import open_source
+from ldapquota.sources.base import UsageSource
 
 OK, WARNING, FAILED = "ok", "warning", "FAILED"
 MAILBOX_SAMPLE = 200  # accounts whose maildir path is checked for existence
@@ -39,14 +41,24 @@ class Finding:
         return f"{self.level:7s} {self.message}"
 
 
-def run_checks(config: Config, connect: Callable[[], Directory]) -> Iterator[Finding]:
+def run_checks(config: Config, connect: Callable[[], FlagStore]) -> Iterator[Finding]:
     """The checks in order; stops after a failure that makes the rest meaningless."""
     yield Finding(OK, f"config file {config.path} is valid")
+    source = open_source(config)
     try:
-        check_mail_root(config.mailboxes.root)
-        yield Finding(OK, f"mailboxes.root {config.mailboxes.root} exists and is not empty")
+        yield from _checks(config, connect, source)
+    finally:
+        source.close()
+
+
+def _checks(config: Config, connect: Callable[[], FlagStore], source: UsageSource) -> Iterator[Finding]:
+    try:
+        source.check_ready()
+        yield Finding(OK, f"mail store ({config.mailboxes.source}) is ready: " + source.describe_ready())
     except SafetyRefusal as exc:
         yield Finding(FAILED, str(exc).replace(". Use --force to sync anyway", ""), EX_TEMPFAIL)
+    except LdapQuotaError as exc:
+        yield Finding(FAILED, str(exc), exc.exit_code)
 
     try:
         directory = connect()
@@ -55,15 +67,15 @@ def run_checks(config: Config, connect: Callable[[], Directory]) -> Iterator[Fin
         return
     with directory:
         who = config.ldap.bind_dn or "anonymous"
-        yield Finding(OK, f"connected to {directory.server_uri} and bound as {who}")
+        yield Finding(OK, f"connected to {directory.server} and bound as {who}")
         try:
             yield from _schema(directory)
-            yield from _accounts(config, directory)
+            yield from _accounts(config, directory, source)
         except LdapQuotaError as exc:
             yield Finding(FAILED, str(exc), exc.exit_code)
 
 
-def _schema(directory: Directory) -> Iterator[Finding]:
+def _schema(directory: FlagStore) -> Iterator[Finding]:
     missing = directory.missing_schema()
     if missing:
         yield Finding(
@@ -77,7 +89,7 @@ def _schema(directory: Directory) -> Iterator[Finding]:
         yield Finding(OK, "schema: isOverQuota, quotaFreeBytes, quotaSyncTime and ldapQuotaStatus are known")
 
 
-def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
+def _accounts(config: Config, directory: FlagStore, source: UsageSource) -> Iterator[Finding]:
     address_attribute = config.accounts.address_attribute
     seen: Dict[str, int] = {}
     first_dn = None
@@ -88,8 +100,7 @@ def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
     with_quota = 0
     sampled = with_maildir = 0
     quota_attribute = config.accounts.quota_attribute
-    root_real = os.path.realpath(config.mailboxes.root)
-    attributes = wanted_attributes(config.accounts, config.mailboxes) + ["objectClass"]
+    attributes = wanted_attributes(config.accounts, source.attributes) + ["objectClass"]
     for entry in directory.search_accounts(attributes):
         count += 1
         if first_dn is None:
@@ -103,8 +114,10 @@ def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
         if quota_attribute and entry.values(quota_attribute):
             with_quota += 1
         if sampled < MAILBOX_SAMPLE:
-            sampled += 1
-            with_maildir += _has_maildir(entry, config, root_real)
+            found = _has_mailbox(entry, config, source)
+            if found is not None:
+                sampled += 1
+                with_maildir += found
     yield Finding(OK, f"search of {config.ldap.base_dn} for {config.ldap.filter} is complete: {count} accounts")
     if count == 0:
         yield Finding(WARNING, "no account matches ldap.filter under ldap.base_dn (or the bind DN may not see them)")
@@ -147,12 +160,12 @@ def _accounts(config: Config, directory: Directory) -> Iterator[Finding]:
         yield Finding(WARNING, "ldap.status_dn is not set: quotaSyncTime will not be recorded, so MTAs cannot tell stale flags")
 
 
-def _has_maildir(entry: AccountEntry, config: Config, root_real: str) -> bool:
+def _has_mailbox(entry: AccountEntry, config: Config, source: UsageSource) -> Optional[bool]:
     try:
-        account = account_from_entry(entry, config.accounts, config.mailboxes)
-        return os.path.isdir(lexically_under_root(root_real, account.mailbox))
-    except (AccountError, ValueError):
+        account = account_from_entry(entry, config.accounts, source)
+    except AccountError:
         return False
+    return source.has_mailbox(account.mailbox)
 
 
 def _noop_write(what: str, attempt: Callable[[], None]) -> Iterator[Finding]:
@@ -169,7 +182,13 @@ def _noop_write(what: str, attempt: Callable[[], None]) -> Iterator[Finding]:
         yield Finding(OK, f"ldapquota may {what} (checked with the No-Op control; nothing written)")
 
 
+#: From the least to the most serious: what --check-config exits with when several fail.
+_SEVERITY = (EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_NOPERM, EX_CONFIG)
+
+
 def worst_exit_code(findings: List[Finding]) -> int:
+    """The most serious exit code among the findings (a config the operator must fix
+    first outranks a server that is down, which outranks a refused run)."""
     codes = [f.exit_code for f in findings if f.exit_code]
-    return codes[0] if codes else EX_OK
+    return max(codes, key=lambda code: _SEVERITY.index(code) if code in _SEVERITY else len(_SEVERITY), default=EX_OK)
 

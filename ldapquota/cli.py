@@ -1,4 +1,4 @@
-"""The command line (SPEC §6): parse flags, pick the mode, map errors to exit codes.
+"""The command line (docs/contract.md §6): parse flags, pick the mode, map errors to exit codes.
 
 Modes: ``--sync`` (one pass), ``--check-config``, ``--show ADDRESS``, ``--exim-config``,
 and, with none of them, the daemon. Every failure the operator must act on is an
@@ -14,16 +14,17 @@ from typing import NoReturn, Optional, Sequence, TextIO
 
 from ldapquota import __version__
 from ldapquota import log as logsetup
-from ldapquota.config import Config, default_config_path, load_config
-from ldapquota.directory import Directory
+from ldapquota.config import default_config_path, load_config
 from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, ConfigError, LdapQuotaError, SafetyRefusal
+from ldapquota.flagstore import open_store
+from ldapquota.settings import Config
 from ldapquota.sync import Change, SyncReport, run_sync
 
 log = logging.getLogger(__name__)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on bad usage; sysexits (SPEC §6) says 64."""
+    """argparse exits 2 on bad usage; sysexits (docs/contract.md §6) says 64."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -112,7 +113,7 @@ def _configure_logging(config: Config, verbosity: int) -> None:
 def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
     progress = TerminalProgress(sys.stderr) if not args.quiet and sys.stderr.isatty() else None
     prefix = "dry run: " if args.dry_run else ""
-    directory = Directory(config.ldap)
+    directory = open_store(config)
     try:
         with directory.connect():
             report = run_sync(
@@ -173,7 +174,7 @@ def _check_config(config: Config) -> int:
     from ldapquota.checks import run_checks, worst_exit_code
 
     findings = []
-    for finding in run_checks(config, lambda: Directory(config.ldap).connect()):
+    for finding in run_checks(config, lambda: open_store(config).connect()):
         print(finding)
         findings.append(finding)
     code = worst_exit_code(findings)
@@ -187,7 +188,7 @@ def _check_config(config: Config) -> int:
 def _show(config: Config, address: str) -> int:
     from ldapquota.show import describe_accounts
 
-    with Directory(config.ldap).connect() as directory:
+    with open_store(config) as directory:
         lines, code = describe_accounts(config, directory, address)
     print("\n".join(lines))
     return code
@@ -207,10 +208,7 @@ def _exim_config(config: Config, mode: str) -> int:
 
 
 def _daemon(config: Config, args: argparse.Namespace, verbosity: int) -> int:
-    try:
-        from ldapquota import daemon
-    except ImportError:
-        print("ldapquota: this build has no daemon yet; run ldapquota --sync from cron", file=sys.stderr)
-        return EX_USAGE
+    from ldapquota import daemon
+
     return daemon.run(config, foreground=args.foreground, verbosity=verbosity, config_path=args.config)
 

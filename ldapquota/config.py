@@ -1,111 +1,38 @@
-"""The YAML config file (SPEC §7) → a validated, frozen :class:`Config`.
+"""The YAML config file (docs/contract.md §7) → a validated, frozen :class:`Config`.
 
-Every key is declared once in ``_SCHEMA`` with its default and its converter. Unknown keys,
-wrong types, bad sizes and unreadable password files raise :class:`ConfigError` naming the
-file, the line and the dotted key, so the operator can go straight to the mistake.
+Every key is declared once in ``_SCHEMA`` with its converter; its default is the field's
+default in :mod:`ldapquota.settings` (the one place for defaults). Unknown keys, wrong
+types, bad sizes and unreadable password files raise :class:`ConfigError` naming the file,
+the line and the dotted key, so the operator can go straight to the mistake.
 """
 
 import math
 import os
 import re
-from dataclasses import dataclass, field
+import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
+from ldapquota import sources
 from ldapquota.errors import ConfigError
+from ldapquota.ldap.syntax import check_dn_syntax, check_filter_syntax
 from ldapquota.paths import PathTemplate
-from ldapquota.quota import Limit, Percent, Policy, exact_percent, parse_maildirpp_limit
-from ldapquota.units import ChangeLimit, parse_change_limit, parse_duration, parse_size
+from ldapquota.quota import Limit, Percent, exact_percent, parse_maildirpp_limit
+from ldapquota.settings import (
+    AccountsConfig,
+    Config,
+    DaemonConfig,
+    LdapConfig,
+    LoggingConfig,
+    MailboxesConfig,
+    MtaConfig,
+    PolicyConfig,
+)
+from ldapquota.units import parse_change_limit, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/ldapquota/ldapquota.yaml"
 CONFIG_ENV = "LDAPQUOTA_CONFIG"
-
-
-# --------------------------------------------------------------------------- the result
-
-
-@dataclass(frozen=True)
-class LdapConfig:
-    uris: Tuple[str, ...]
-    base_dn: str
-    bind_dn: Optional[str] = None
-    bind_password_file: Optional[str] = None
-    # The secret itself: never printed, never in repr() (and so never in a traceback).
-    bind_password: Optional[str] = field(default=None, repr=False)
-    start_tls: bool = False
-    ca_file: Optional[str] = None
-    filter: str = "(objectClass=inetOrgPerson)"
-    status_dn: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class AccountsConfig:
-    address_attribute: str = "mail"
-    quota_attribute: Optional[str] = "mailQuota"
-    quota_unit: Optional[int] = 1  # bytes per unit; None means "maildir++"
-    default_quota: Optional[Limit] = None
-    mailbox_attribute: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class MailboxesConfig:
-    root: str
-    path: PathTemplate = PathTemplate.parse("{domain}/{localpart}/Maildir")
-    count_trash: bool = True
-    workers: Optional[int] = None  # None: auto (one per spare core); 0: measure in-process
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    over_percent: Percent = 100
-    clear_percent: Percent = 100
-    free_margin: int = 50 * 1024**2
-    max_changes: ChangeLimit = ChangeLimit(percent=10)
-
-    @property
-    def thresholds(self) -> Policy:
-        return Policy(self.over_percent, self.clear_percent, self.free_margin)
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    pidfile: str = "/run/ldapquota/ldapquota.pid"
-    interval: float = 3600.0
-    account_refresh: float = 60.0
-    watch: bool = True
-    user: Optional[str] = None
-    group: Optional[str] = None
-    debounce: float = 0.5  # wait after a mailbox's first event before measuring it
-    over_recheck: float = 30.0  # re-measure mailboxes that are over quota this often
-    poll_interval: float = 30.0  # stat polling of mailboxes inotify does not watch
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    target: str = "stderr"  # stderr | syslog | a file path
-    level: str = "info"
-
-
-@dataclass(frozen=True)
-class MtaConfig:
-    bind_dn: Optional[str] = None
-    bind_password_file: Optional[str] = None
-    on_ldap_error: str = "defer"  # defer | accept
-    defer_text: str = "452 4.2.2 Mailbox full"
-    fail_text: str = "552 5.2.2 Mailbox full"
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    ldap: LdapConfig
-    accounts: AccountsConfig
-    mailboxes: MailboxesConfig
-    policy: PolicyConfig
-    daemon: DaemonConfig
-    logging: LoggingConfig
-    mta: MtaConfig
 
 
 # --------------------------------------------------------------------------- converters
@@ -171,16 +98,12 @@ def _filter(value: Any) -> str:
                 break
     if not well_formed or depth != 0:
         raise ValueError(f"{text!r} is not one LDAP filter in parentheses, e.g. (&(objectClass=inetOrgPerson)(mail=*))")
-    from ldapquota.directory import check_filter_syntax  # here: directory imports this module
-
     check_filter_syntax(text)
     return text
 
 
 def _dn(value: Any) -> str:
     text = _string(value)
-    from ldapquota.directory import check_dn_syntax  # here: directory imports this module
-
     check_dn_syntax(text)
     return text
 
@@ -241,6 +164,13 @@ def _workers(value: Any) -> Optional[int]:
     return value
 
 
+def _source(value: Any) -> str:
+    text = _string(value).lower()
+    if text not in sources.names():
+        raise ValueError(f"expected one of {', '.join(sources.names())}, got {_show(value)}")
+    return text
+
+
 def _on_ldap_error(value: Any) -> str:
     text = _string(value).lower()
     if text not in ("defer", "accept"):
@@ -280,63 +210,84 @@ def _show(value: Any) -> str:
 
 # --------------------------------------------------------------------------- the schema
 
-_REQUIRED = object()
-_SAME_AS_OVER = object()
+# section → its dataclass, and key → converter. A key's field has the key's name (but
+# ldap.uri → uris); its default is the field's default.
+_SECTIONS: Dict[str, type] = {
+    "ldap": LdapConfig,
+    "accounts": AccountsConfig,
+    "mailboxes": MailboxesConfig,
+    "policy": PolicyConfig,
+    "daemon": DaemonConfig,
+    "logging": LoggingConfig,
+    "mta": MtaConfig,
+}
+_FIELD_NAMES = {("ldap", "uri"): "uris"}
 
-# section → key → (default, converter). The defaults are SPEC §7's.
-_SCHEMA: Dict[str, Dict[str, Tuple[Any, Callable[[Any], Any]]]] = {
+_SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
     "ldap": {
-        "uri": (_REQUIRED, _uris),
-        "bind_dn": (None, _optional_dn),
-        "bind_password_file": (None, _optional_string),
-        "start_tls": (False, _boolean),
-        "ca_file": (None, _optional_string),
-        "base_dn": (_REQUIRED, _dn),
-        "filter": ("(objectClass=inetOrgPerson)", _filter),
-        "status_dn": (None, _optional_dn),
+        "uri": _uris,
+        "bind_dn": _optional_dn,
+        "bind_password_file": _optional_string,
+        "start_tls": _boolean,
+        "ca_file": _optional_string,
+        "base_dn": _dn,
+        "filter": _filter,
+        "status_dn": _optional_dn,
     },
     "accounts": {
-        "address_attribute": ("mail", _attribute),
-        "quota_attribute": ("mailQuota", _optional_attribute),
-        "quota_unit": (1, _quota_unit),
-        "default_quota": (None, _default_quota),
-        "mailbox_attribute": (None, _optional_attribute),
+        "address_attribute": _attribute,
+        "quota_attribute": _optional_attribute,
+        "quota_unit": _quota_unit,
+        "default_quota": _default_quota,
+        "mailbox_attribute": _optional_attribute,
     },
     "mailboxes": {
-        "root": (_REQUIRED, _directory_path),
-        "path": ("{domain}/{localpart}/Maildir", _template),
-        "count_trash": (True, _boolean),
-        "workers": ("auto", _workers),
+        "root": _directory_path,
+        "source": _source,
+        "path": _template,
+        "count_trash": _boolean,
+        "workers": _workers,
     },
     "policy": {
-        "over_percent": (100, _percent),
-        "clear_percent": (_SAME_AS_OVER, _percent),  # default: equal (no hysteresis)
-        "free_margin": ("50MiB", parse_size),
-        "max_changes": ("10%", parse_change_limit),
+        "over_percent": _percent,
+        "clear_percent": _percent,  # not given: equal to over_percent (no hysteresis)
+        "free_margin": parse_size,
+        "max_changes": parse_change_limit,
     },
     "daemon": {
-        "pidfile": ("/run/ldapquota/ldapquota.pid", _directory_path),
-        "interval": ("1h", parse_duration),
-        "account_refresh": ("60s", parse_duration),
-        "watch": (True, _boolean),
-        "user": (None, _optional_string),
-        "group": (None, _optional_string),
-        "debounce": ("0.5s", parse_duration),
-        "over_recheck": ("30s", parse_duration),
-        "poll_interval": ("30s", parse_duration),
+        "pidfile": _directory_path,
+        "interval": parse_duration,
+        "account_refresh": parse_duration,
+        "watch": _boolean,
+        "user": _optional_string,
+        "group": _optional_string,
+        "debounce": parse_duration,
+        "over_recheck": parse_duration,
+        "poll_interval": parse_duration,
     },
     "logging": {
-        "target": ("stderr", _log_target),
-        "level": ("info", _log_level),
+        "target": _log_target,
+        "level": _log_level,
     },
     "mta": {
-        "bind_dn": (None, _optional_dn),
-        "bind_password_file": (None, _optional_string),
-        "on_ldap_error": ("defer", _on_ldap_error),
-        "defer_text": ("452 4.2.2 Mailbox full", _smtp_text("4")),
-        "fail_text": ("552 5.2.2 Mailbox full", _smtp_text("5")),
+        "bind_dn": _optional_dn,
+        "bind_password_file": _optional_string,
+        "on_ldap_error": _on_ldap_error,
+        "defer_text": _smtp_text("4"),
+        "fail_text": _smtp_text("5"),
     },
 }
+
+
+def _default(section: str, key: str) -> Any:
+    """The key's default (its field's), or ``dataclasses.MISSING`` for a required key."""
+    name = _FIELD_NAMES.get((section, key), key)
+    for item in dataclasses.fields(_SECTIONS[section]):
+        if item.name == name:
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+            return item.default
+    raise AssertionError(f"{section}.{key} has no field in {_SECTIONS[section].__name__}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -414,25 +365,26 @@ def _plain_key(path: str, node: yaml.Node) -> str:
 
 
 def _convert(located: _Located) -> Dict[str, Dict[str, Any]]:
+    """Each given value through its converter; a missing key takes its field's default."""
     converted: Dict[str, Dict[str, Any]] = {}
     for section, keys in _SCHEMA.items():
         given = located.values.get(section, {})
         converted[section] = {}
-        for key, (default, converter) in keys.items():
+        for key, converter in keys.items():
             dotted = f"{section}.{key}"
             if key not in given:
-                if default is _REQUIRED:
+                default = _default(section, key)
+                if default is dataclasses.MISSING:
                     raise located.error(dotted, "is required but missing")
-                if default is _SAME_AS_OVER:
-                    converted[section][key] = converted[section]["over_percent"]
-                    continue
-                value = default
-            else:
-                value = given[key]
+                converted[section][key] = default
+                continue
             try:
-                converted[section][key] = converter(value)
+                converted[section][key] = converter(given[key])
             except ValueError as exc:
                 raise located.error(dotted, str(exc)) from None
+    policy = located.values.get("policy", {})
+    if "clear_percent" not in policy:
+        converted["policy"]["clear_percent"] = converted["policy"]["over_percent"]
     return converted
 
 

@@ -28,9 +28,10 @@ import sys
 from typing import List, Optional, Tuple
 
 from ldapquota import log as logsetup
-from ldapquota.config import Config, default_config_path
+from ldapquota.config import default_config_path
 from ldapquota.errors import AlreadyRunning, ConfigError
-from ldapquota.service import Service
+from ldapquota.service.loop import Service
+from ldapquota.settings import Config
 
 log = logging.getLogger(__name__)
 

@@ -78,3 +78,11 @@ class MeasureError(Exception):
 
 class AccountError(Exception):
     """One account's LDAP entry cannot be used (bad quota value, no address, bad path)."""
+
+
+class EntryWriteError(Exception):
+    """One entry could not be written; the others can be."""
+
+
+class NoOpUnsupported(EntryWriteError):
+    """The server refused the No-Op control (a write-rights check is then impossible)."""

@@ -1,18 +1,19 @@
-"""One account: from its LDAP entry to the state it should have (measure, then decide).
+"""One account: from its entry to the state it should have (measure, then decide).
 
-Shared by ``--sync`` (possibly in worker processes), ``--show`` and the daemon, so all three
-decide the same way.
+Shared by ``--sync`` (possibly in worker processes), ``--show`` and the daemon, so all
+three decide the same way. Pure but for the usage source it is given.
 """
 
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence
 
 from ldapquota.accounts import Account, account_from_entry, wanted_attributes
-from ldapquota.config import AccountsConfig, Config, MailboxesConfig, PolicyConfig
-from ldapquota.directory import AccountEntry
-from ldapquota.errors import AccountError, MeasureError
-from ldapquota.mailbox import MailStore, Measurement
-from ldapquota.quota import Decision, QuotaState, decide, exceeds_over_threshold
+from ldapquota.entry import AccountEntry
+from ldapquota.errors import AccountError
+from ldapquota.quota import Decision, Limit, QuotaState, Usage, decide, exceeds_over_threshold
+from ldapquota.settings import Config
+from ldapquota.sources import open_source
+from ldapquota.sources.base import MailboxRequest, Measurement, Result, UsageSource
 
 
 class Evaluation:
@@ -51,64 +52,61 @@ class Evaluation:
     def changed(self) -> bool:
         return self.decision is not None and self.new != self.old
 
-    @property
-    def flips(self) -> bool:
-        return self.decision is not None and self.new.over != self.old.over
-
 
 class Evaluator:
     """Measures accounts and decides their state; shared by --sync, --show and the daemon."""
 
-    def __init__(self, config: Config, now: Callable[[], float] = time.time):
-        self._setup(config.accounts, config.mailboxes, config.policy, now)
-
-    @classmethod
-    def from_settings(
-        cls, accounts: AccountsConfig, mailboxes: MailboxesConfig, policy: PolicyConfig, now: Callable[[], float] = time.time
-    ) -> "Evaluator":
-        """An evaluator from the three sections it uses (what a worker process receives)."""
-        evaluator = cls.__new__(cls)
-        evaluator._setup(accounts, mailboxes, policy, now)
-        return evaluator
-
-    def _setup(self, accounts: AccountsConfig, mailboxes: MailboxesConfig, policy: PolicyConfig, now: Callable[[], float]) -> None:
-        self.accounts = accounts
-        self.mailboxes = mailboxes
-        self.store = MailStore(mailboxes.root)
-        self.root_real = self.store.root_real
-        self.thresholds = policy.thresholds
-        self.attributes = wanted_attributes(accounts, mailboxes)
+    def __init__(self, config: Config, source: Optional[UsageSource] = None, now: Callable[[], float] = time.time):
+        self.source = source if source is not None else open_source(config)
+        self.accounts = config.accounts
+        self.thresholds = config.policy.thresholds
+        self.attributes = wanted_attributes(config.accounts, self.source.attributes)
         self.now = now
 
     def close(self) -> None:
-        self.store.close()
+        self.source.close()
 
-    def _says_over(self, usage, limit) -> bool:
+    def _says_over(self, usage: Usage, limit: Limit) -> bool:
         return exceeds_over_threshold(usage, limit, self.thresholds)
 
     def evaluate(self, entry: AccountEntry) -> Evaluation:
-        old = entry.quota_state
-        try:
-            account = account_from_entry(entry, self.accounts, self.mailboxes)
-        except AccountError as exc:
-            return Evaluation(entry, old, error=str(exc))
-        try:
-            measurement = self.store.measure(
-                account.mailbox,
-                account.limit,
-                self._says_over,
-                self.mailboxes.count_trash,
-                self.now(),
-            )
-        except MeasureError as exc:
-            return Evaluation(entry, old, account, error=str(exc))
-        if measurement.missing and (old.over or old.free_bytes is not None):
+        return self.evaluate_many([entry])[0]
+
+    def evaluate_many(self, entries: Sequence[AccountEntry]) -> List[Evaluation]:
+        """The accounts of ``entries``, in order, measured with one batch of the source."""
+        evaluations: List[Evaluation] = []
+        requests: List[MailboxRequest] = []
+        waiting: List[Evaluation] = []
+        for entry in entries:
+            old = entry.quota_state
+            try:
+                account = account_from_entry(entry, self.accounts, self.source)
+            except AccountError as exc:
+                evaluations.append(Evaluation(entry, old, error=str(exc)))
+                continue
+            evaluation = Evaluation(entry, old, account)
+            evaluations.append(evaluation)
+            requests.append(MailboxRequest(account.mailbox, account.limit))
+            waiting.append(evaluation)
+        if requests:
+            results = self.source.measure_many(requests, self._says_over, self.now())
+            for evaluation, result in zip(waiting, results):
+                self._decide(evaluation, result)
+        return evaluations
+
+    def _decide(self, evaluation: Evaluation, result: Result) -> None:
+        if isinstance(result, Exception):
+            evaluation.error = str(result)
+            return
+        evaluation.measurement = result
+        old = evaluation.old
+        if result.missing and (old.over or old.free_bytes is not None):
             # A mailbox that was full or nearly full is not there: moved, renamed,
             # unmounted? Not sure enough to let mail in (or bigger mail, through
             # quotaFreeBytes); keep what is stored and say so.
-            return Evaluation(entry, old, account, measurement, error=(
-                f"maildir {measurement.path} does not exist; keeping the stored state (mount or restore it; if the "
+            evaluation.error = (
+                f"mailbox {result.path} does not exist; keeping the stored state (mount or restore it; if the "
                 "mailbox is gone for good, delete the account's isOverQuota and quotaFreeBytes)"
-            ))
-        decision = decide(measurement.usage, measurement.limit, old.over, self.thresholds)
-        return Evaluation(entry, old, account, measurement, decision)
+            )
+            return
+        evaluation.decision = decide(result.usage, result.limit, old.over, self.thresholds)

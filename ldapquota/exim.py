@@ -48,7 +48,7 @@ import re
 from typing import Dict, List, Sequence, Tuple
 from urllib.parse import urlsplit
 
-from ldapquota.config import Config
+from ldapquota.settings import Config
 from ldapquota.errors import ConfigError
 
 BLOCK_NAMES: Tuple[str, ...] = ("main", "acl_smtp_rcpt", "routers")

@@ -17,12 +17,13 @@ import re
 import stat
 import sys
 import time
-from typing import Callable, Iterator, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 from ldapquota.errors import MeasureError
 from ldapquota.maildirsize import MAX_FILE_SIZE, distrust_over_verdict, parse_maildirsize
 from ldapquota.paths import is_under, lexically_under_root
 from ldapquota.quota import UNLIMITED, Limit, Usage
+from ldapquota.sources.base import Measurement
 
 # ,S=<size> ends at ':' (flags), ',' (another tag such as Dovecot's ,W=) or the name's end.
 _SIZE_IN_NAME = re.compile(r",S=(\d+)(?=[:,]|$)")
@@ -76,14 +77,6 @@ _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "armv7l": 437, "ppc64le": 437, "s
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
 _openat2 = _make_openat2()
-
-
-class Measurement(NamedTuple):
-    usage: Usage
-    limit: Limit  # the limit used: the configured one, else the maildirsize header, else none
-    method: str  # "maildirsize", "no maildir", or "walk (<why>)"
-    path: str
-    missing: bool = False  # the maildir does not exist (an account that never got mail)
 
 
 def is_trash(folder: str) -> bool:
@@ -177,7 +170,7 @@ class MailStore:
         except OSError as exc:
             raise _open_error(exc, path) from None
         try:
-            return Measurement(_walk_fd(fd, path, count_trash), limit, f"walk ({why})", path)
+            return Measurement(_walk_fd(fd, path, count_trash), limit, f"walk ({why})", path, recounted=True)
         finally:
             os.close(fd)
 

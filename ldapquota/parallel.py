@@ -12,16 +12,19 @@ many accounts there are. Workers start from a fresh interpreter ("forkserver"), 
 forking a process that already runs threads (the daemon) is not safe.
 """
 
+import dataclasses
 import itertools
 import multiprocessing
+import multiprocessing.pool
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Iterable, Iterator, List, Optional
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Sequence
 
-from ldapquota.config import AccountsConfig, Config, MailboxesConfig, PolicyConfig
-from ldapquota.directory import AccountEntry
+from ldapquota.entry import AccountEntry
 from ldapquota.evaluation import Evaluation, Evaluator
+from ldapquota.settings import Config
+from ldapquota.sources.base import UsageSource
 
 BATCH_SIZE = 500
 MAX_WORKERS = 8
@@ -39,10 +42,9 @@ def default_workers() -> int:
     return max(0, min(MAX_WORKERS, (os.cpu_count() or 1) - 1))
 
 
-def evaluate_batch(evaluator: Evaluator, entries: Iterable[AccountEntry]) -> BatchResult:
+def evaluate_batch(evaluator: Evaluator, entries: Sequence[AccountEntry]) -> BatchResult:
     result = BatchResult()
-    for entry in entries:
-        evaluation = evaluator.evaluate(entry)
+    for evaluation in evaluator.evaluate_many(entries):
         result.accounts += 1
         if evaluation.new.over:
             result.over += 1
@@ -57,6 +59,7 @@ def evaluate_all(
     *,
     workers: int,
     now: Callable[[], float],
+    source: Optional[UsageSource] = None,
 ) -> Iterator[BatchResult]:
     """Batches of results, in the order of ``entries``. An exception raised while reading
     ``entries`` (a truncated search) propagates to the caller unchanged."""
@@ -67,17 +70,18 @@ def evaluate_all(
     if workers <= 0 or len(first) < BATCH_SIZE:
         # No workers asked for, or the whole directory fits in one batch: starting
         # processes would cost more than it saves.
-        evaluator = Evaluator(config, now)
+        evaluator = Evaluator(config, source, now=now)
         try:
             for batch in itertools.chain([first], batches):
                 yield evaluate_batch(evaluator, batch)
         finally:
-            evaluator.close()
+            if source is None:
+                evaluator.close()
         return
     context = multiprocessing.get_context("forkserver")
-    # Only what measuring needs crosses to the workers: not the LDAP password.
-    settings = (config.accounts, config.mailboxes, config.policy)
-    with context.Pool(workers, initializer=_start_worker, initargs=settings) as pool:
+    # The LDAP password does not cross to the workers: measuring does not need it.
+    settings = dataclasses.replace(config, ldap=dataclasses.replace(config.ldap, bind_password=None))
+    with context.Pool(workers, initializer=_start_worker, initargs=(settings,)) as pool:
         pending: Deque["multiprocessing.pool.AsyncResult[BatchResult]"] = deque()
         for batch in itertools.chain([first], batches):
             # Plain dicts pickle; ldap3's case-insensitive dict is a class of its own.
@@ -106,9 +110,9 @@ def _batches(entries: Iterable[AccountEntry]) -> Iterator[List[AccountEntry]]:
 _worker_evaluator: Optional[Evaluator] = None
 
 
-def _start_worker(accounts: AccountsConfig, mailboxes: MailboxesConfig, policy: PolicyConfig) -> None:
+def _start_worker(config: Config) -> None:
     global _worker_evaluator
-    _worker_evaluator = Evaluator.from_settings(accounts, mailboxes, policy)
+    _worker_evaluator = Evaluator(config)
 
 
 def _worker_batch(entries: List[AccountEntry], now: float) -> BatchResult:

@@ -2,17 +2,24 @@
 
 from typing import List, Tuple
 
-from ldapquota.config import Config
-from ldapquota.directory import Directory
 from ldapquota.errors import EX_OK, EX_PARTIAL
-from ldapquota.quota import QuotaState
 from ldapquota.evaluation import Evaluation, Evaluator
+from ldapquota.flagstore import FlagStore
+from ldapquota.quota import QuotaState
+from ldapquota.settings import Config
 
 
-def describe_accounts(config: Config, directory: Directory, address: str) -> Tuple[List[str], int]:
+def describe_accounts(config: Config, directory: FlagStore, address: str) -> Tuple[List[str], int]:
     """Lines to print and the exit code (1 when no account, several, or an error)."""
     evaluator = Evaluator(config)
-    entries = directory.find_accounts(config.accounts.address_attribute, address, evaluator.attributes)
+    try:
+        return _describe_accounts(config, directory, address, evaluator)
+    finally:
+        evaluator.close()
+
+
+def _describe_accounts(config: Config, directory: FlagStore, address: str, evaluator: Evaluator) -> Tuple[List[str], int]:
+    entries = directory.find_accounts(address, evaluator.attributes)
     if not entries:
         shown = address if address.isprintable() else repr(address)
         return [f"no account with {config.accounts.address_attribute}={shown} under {config.ldap.base_dn} matching {config.ldap.filter}"], EX_PARTIAL
@@ -47,7 +54,7 @@ def _describe(evaluation: Evaluation) -> List[str]:
             lines.append(f"mailbox:  {measurement.path}")
             lines.append(f"usage:    {measurement.usage.bytes} bytes, {measurement.usage.messages} messages ({measurement.method})")
         else:
-            lines.append(f"limit:    {account.limit or 'from the maildirsize header'} (from {source})")
+            lines.append(f"limit:    {account.limit or 'from the ' + source} (from {source})")
             lines.append(f"mailbox:  {account.mailbox}")
     stored = evaluation.entry.values("isOverQuota")
     lines.append(f"stored:   {_state(evaluation.old)}{'' if stored else ' (isOverQuota not set: reads as FALSE)'}")

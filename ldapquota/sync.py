@@ -1,24 +1,25 @@
 """One complete pass: read every account, measure every mailbox, decide, then write.
 
-The order matters for safety (SPEC §5): nothing is written until the search has come back
+The order matters for safety (docs/contract.md §5): nothing is written until the search has come back
 complete and every mailbox has been measured, so that a truncated search or a vanished
 mail store can stop the run before it changes anything. Only the planned changes are kept
 in memory, not the accounts, so memory does not grow with the directory.
 """
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from ldapquota.accounts import wanted_attributes
-from ldapquota.config import Config
-from ldapquota.directory import Directory, EntryWriteError
-from ldapquota.errors import LdapQuotaError, SafetyRefusal
+from ldapquota.errors import EntryWriteError, LdapQuotaError, SafetyRefusal
 from ldapquota.evaluation import Evaluation
+from ldapquota.flagstore import FlagStore
 from ldapquota.parallel import default_workers, evaluate_all
 from ldapquota.quota import QuotaState
+from ldapquota.settings import Config
+from ldapquota.sources import open_source
+from ldapquota.sources.base import UsageSource
 
 log = logging.getLogger(__name__)
 
@@ -87,25 +88,11 @@ class SyncReport:
         )
 
 
-def check_mail_root(root: str) -> None:
-    """SPEC §5: a missing or empty mail root means an unmounted store, not empty mailboxes."""
-    try:
-        with os.scandir(root) as entries:
-            empty = next(iter(entries), None) is None
-    except FileNotFoundError:
-        raise SafetyRefusal(f"mailboxes.root {root} does not exist (store not mounted?); nothing written. Use --force to sync anyway") from None
-    except NotADirectoryError:
-        raise SafetyRefusal(f"mailboxes.root {root} is not a directory; nothing written") from None
-    except OSError as exc:
-        raise SafetyRefusal(f"mailboxes.root {root} cannot be read: {exc.strerror}; nothing written") from None
-    if empty:
-        raise SafetyRefusal(f"mailboxes.root {root} is empty (store not mounted?); nothing written. Use --force to sync anyway")
-
-
 def run_sync(
     config: Config,
-    directory: Directory,
+    directory: FlagStore,
     *,
+    source: Optional[UsageSource] = None,
     dry_run: bool = False,
     force: bool = False,
     progress: Optional[Callable[[int], None]] = None,
@@ -118,21 +105,41 @@ def run_sync(
 
     ``workers``: processes that measure while this one reads LDAP (None: as
     ``mailboxes.workers`` says; 0: measure here, in this process)."""
+    if source is not None:
+        return _run_sync(config, directory, source, dry_run, force, progress, on_change, now, workers)
+    own = open_source(config)
+    try:
+        return _run_sync(config, directory, own, dry_run, force, progress, on_change, now, workers)
+    finally:
+        own.close()
+
+
+def _run_sync(
+    config: Config,
+    directory: FlagStore,
+    source: UsageSource,
+    dry_run: bool,
+    force: bool,
+    progress: Optional[Callable[[int], None]],
+    on_change: Optional[Callable[["Change"], None]],
+    now: Callable[[], float],
+    workers: Optional[int],
+) -> SyncReport:
     started = time.monotonic()
     report = SyncReport()
     if force:
         try:
-            check_mail_root(config.mailboxes.root)
+            source.check_ready()
         except SafetyRefusal as exc:
             log.warning("%s (--force given: going on)", exc)
     else:
-        check_mail_root(config.mailboxes.root)
+        source.check_ready()
 
-    attributes = wanted_attributes(config.accounts, config.mailboxes)
+    attributes = wanted_attributes(config.accounts, source.attributes)
     entries = directory.search_accounts(attributes)
     if workers is None:
         workers = default_workers() if config.mailboxes.workers is None else config.mailboxes.workers
-    for batch in evaluate_all(config, entries, workers=workers, now=now):
+    for batch in evaluate_all(config, entries, workers=workers, now=now, source=source):
         report.accounts += batch.accounts
         report.over += batch.over
         for evaluation in batch.notable:

@@ -7,8 +7,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ldapquota.accounts import Account, account_from_entry, wanted_attributes
-from ldapquota.config import AccountsConfig, MailboxesConfig
-from ldapquota.directory import AccountEntry, account_filter, escape_value
+from ldapquota.entry import AccountEntry
+from ldapquota.ldap.syntax import account_filter, escape_value
+from ldapquota.settings import (
+    AccountsConfig,
+    Config,
+    DaemonConfig,
+    LdapConfig,
+    LoggingConfig,
+    MailboxesConfig,
+    MtaConfig,
+    PolicyConfig,
+)
+from ldapquota.sources.maildir import Source
 from ldapquota.errors import AccountError
 from ldapquota.paths import PathTemplate
 from ldapquota.quota import UNLIMITED, Limit, QuotaState
@@ -23,8 +34,13 @@ def entry(**attributes) -> AccountEntry:
     return AccountEntry(DN, {name.lower(): list(values) for name, values in attributes.items()})
 
 
+def maildir_source(accounts: AccountsConfig, mailboxes: MailboxesConfig) -> Source:
+    ldap = LdapConfig(("ldap://127.0.0.1",), "dc=example,dc=org")
+    return Source(Config("<test>", ldap, accounts, mailboxes, PolicyConfig(), DaemonConfig(), LoggingConfig(), MtaConfig()))
+
+
 def account(attrs: AccountEntry, accounts: AccountsConfig = ACCOUNTS, mailboxes: MailboxesConfig = MAILBOXES) -> Account:
-    return account_from_entry(attrs, accounts, mailboxes)
+    return account_from_entry(attrs, accounts, maildir_source(accounts, mailboxes))
 
 
 # --------------------------------------------------------------------------- limits
@@ -177,7 +193,7 @@ def test_address_attribute_name_is_case_insensitive():
 def test_wanted_attributes():
     accounts = AccountsConfig(address_attribute="mail", quota_attribute="mailQuota", mailbox_attribute="mailbox")
     mailboxes = MailboxesConfig(root="/v", path=PathTemplate.parse("{attr:mailHost}/{attr:MAIL}/{attr:uid}"))
-    names = wanted_attributes(accounts, mailboxes)
+    names = wanted_attributes(accounts, maildir_source(accounts, mailboxes).attributes)
     lowered = [name.lower() for name in names]
     assert set(lowered) == {"mail", "isoverquota", "quotafreebytes", "mailquota", "mailbox", "mailhost", "uid"}
     assert len(lowered) == len(set(lowered))  # no duplicates, whatever the case
@@ -185,7 +201,7 @@ def test_wanted_attributes():
 
 def test_wanted_attributes_without_optional_ones():
     accounts = AccountsConfig(quota_attribute=None, mailbox_attribute=None)
-    names = [name.lower() for name in wanted_attributes(accounts, MAILBOXES)]
+    names = [name.lower() for name in wanted_attributes(accounts, maildir_source(accounts, MAILBOXES).attributes)]
     assert sorted(names) == ["isoverquota", "mail", "quotafreebytes"]
 
 

@@ -202,7 +202,7 @@ def test_polling_alone_follows_the_mailboxes(ldap, mail_root, setup):
     maildir = mailbox(mail_root, "nfs@example.org", 10000, 5000)
     _, daemon = setup(daemon={"watch": False})
     daemon.start()
-    assert "0 maildirs watched with inotify, 1 polled" in daemon.log()
+    assert "0 mailboxes followed with notifications, 1 polled" in daemon.log()
     message = deliver(maildir, 6000)
     wait_flag(ldap, "nfs@example.org", "TRUE", daemon=daemon)
     expunge(maildir, message)

@@ -3,7 +3,7 @@
 import pytest
 
 from ldapquota.config import parse_config
-from ldapquota.directory import AccountEntry
+from ldapquota.entry import AccountEntry
 from ldapquota.parallel import BATCH_SIZE, evaluate_all
 from helpers import make_maildir, maildirsize_text
 

@@ -1,0 +1,156 @@
+"""ldap3's exceptions and LDAP result codes → the errors of :mod:`ldapquota.errors`.
+
+The one place where that translation happens, so the rest of the program reasons in
+our terms:
+
+* cannot connect, TLS failure, server gone mid-run  → DirectoryUnavailable (exit 69)
+* a search that stops early (size/time/admin limit, referral) → SearchIncomplete (exit 69)
+* bind refused, insufficient access                → PermissionDenied (exit 77)
+* our attributes or class unknown to the server    → SchemaMissing (exit 78)
+* one entry cannot be written (vanished, bad data) → EntryWriteError (counted, run goes on)
+"""
+
+from typing import Any, Dict, Iterable, Optional
+
+from ldap3.core import exceptions as ldap_exc
+from ldap3.core import results as ldap_results
+
+from ldapquota.entry import OBJECT_CLASS, SCHEMA_FILE
+from ldapquota.errors import (
+    DirectoryUnavailable,
+    EntryWriteError,
+    NoOpUnsupported,
+    PermissionDenied,
+    SchemaMissing,
+    SearchIncomplete,
+)
+
+# LDAP result codes we act on (RFC 4511).
+RC_SUCCESS = 0
+RC_TIME_LIMIT = 3
+RC_SIZE_LIMIT = 4
+RC_REFERRAL = 10
+RC_ADMIN_LIMIT = 11
+RC_UNAVAILABLE_CRITICAL_EXTENSION = 12
+RC_UNDEFINED_TYPE = 17
+RC_TYPE_OR_VALUE_EXISTS = 20
+RC_INVALID_SYNTAX = 21
+RC_NO_SUCH_OBJECT = 32
+RC_INVALID_CREDENTIALS = 49
+RC_INSUFFICIENT_ACCESS = 50
+RC_BUSY = 51
+RC_UNAVAILABLE = 52
+RC_UNWILLING = 53
+RC_OBJECT_CLASS_VIOLATION = 65
+# OpenLDAP's No-Op control: the server runs a modify through its ACL and schema checks,
+# keeps nothing and answers "would have succeeded". slapd honours it without listing it
+# in supportedControl, so support is found out by trying.
+RC_NO_OPERATION = 16654
+
+# ldap3 decodes result codes through this table and raises KeyError on one it lacks.
+ldap_results.RESULT_CODES.setdefault(RC_NO_OPERATION, "noOperation")
+
+Result = Dict[str, Any]
+
+_INCOMPLETE = {
+    RC_TIME_LIMIT: "the server's time limit",
+    RC_SIZE_LIMIT: "the server's size limit",
+    RC_ADMIN_LIMIT: "an administrative limit",
+    RC_REFERRAL: "a referral",
+}
+_SERVER_TROUBLE = (RC_BUSY, RC_UNAVAILABLE, RC_UNWILLING)
+
+#: What ldap3 raises when the connection or the protocol fails.
+LdapLibraryError = ldap_exc.LDAPException
+
+
+def describe(result: Optional[Result]) -> str:
+    if not result:
+        return "no answer"
+    text = f"{result.get('description', 'error')} ({result.get('result')})"
+    if result.get("message"):
+        text += f": {result['message']}"
+    return text
+
+
+def explain_exception(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, ldap_exc.LDAPStartTLSError):
+        return f"StartTLS failed: {text}"
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return f"TLS certificate not trusted (set ldap.ca_file to the CA that signed it): {text}"
+    if isinstance(exc, ldap_exc.LDAPSocketOpenError):
+        return f"cannot connect: {text}"
+    if isinstance(exc, (ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSessionTerminatedByServerError)):
+        return f"connection lost or timed out: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def unavailable(what: str, exc: Exception) -> DirectoryUnavailable:
+    """An ldap3 exception while doing ``what``."""
+    return DirectoryUnavailable(f"{what} failed: {explain_exception(exc)}")
+
+
+def bind_error(uri: str, bind_dn: Optional[str], result: Optional[Result]) -> Exception:
+    result = result or {}
+    if result.get("result") == RC_INVALID_CREDENTIALS:
+        return PermissionDenied(f"{uri}: bind as {bind_dn} refused: invalid credentials")
+    if result.get("result") == RC_INSUFFICIENT_ACCESS:
+        return PermissionDenied(f"{uri}: bind as {bind_dn} refused: {describe(result)}")
+    return DirectoryUnavailable(f"{uri}: bind failed: {describe(result)}")
+
+
+def check_search_result(result: Result, base: str, server: Optional[str]) -> None:
+    """Raise unless a search (or one page of it) ended complete."""
+    code = result.get("result")
+    if code == RC_SUCCESS:
+        return
+    if code in _INCOMPLETE:
+        raise SearchIncomplete(
+            f"search of {base} stopped early because of {_INCOMPLETE[code]} ({describe(result)}); "
+            "nothing is written. Give the bind DN unlimited size/time limits (OpenLDAP: "
+            "limits dn.exact=\"<bind dn>\" size=unlimited time=unlimited)"
+        )
+    if code == RC_INSUFFICIENT_ACCESS:
+        raise PermissionDenied(f"search of {base} refused: {describe(result)}")
+    if code == RC_NO_SUCH_OBJECT:
+        raise SearchIncomplete(f"ldap.base_dn {base} does not exist on {server} (or the bind DN may not see it)")
+    raise SearchIncomplete(f"search of {base} failed: {describe(result)}")
+
+
+def referral_error(base: str, uri: object) -> SearchIncomplete:
+    return SearchIncomplete(
+        f"search of {base} returned a referral to {uri}; accounts there cannot be seen, so nothing is written"
+    )
+
+
+def check_read_result(result: Result, dn: str) -> bool:
+    """A base-scope read: True if the entry may be there, False if it does not exist."""
+    code = result.get("result")
+    if code == RC_NO_SUCH_OBJECT:
+        return False
+    if code == RC_INSUFFICIENT_ACCESS:
+        raise PermissionDenied(f"reading {dn} refused: {describe(result)}")
+    if code != RC_SUCCESS:
+        raise DirectoryUnavailable(f"reading {dn} failed: {describe(result)}")
+    return True
+
+
+def check_modify_result(result: Result, dn: str, attributes: Iterable[str], *, noop: bool) -> None:
+    """Raise the error a failed modify means (nothing for success, or No-Op's "would work")."""
+    code = result.get("result")
+    if code == RC_SUCCESS or (noop and code == RC_NO_OPERATION):
+        return
+    if noop and code == RC_UNAVAILABLE_CRITICAL_EXTENSION:
+        raise NoOpUnsupported(f"the server does not support the No-Op control ({describe(result)})")
+    described = describe(result)
+    if code == RC_INSUFFICIENT_ACCESS:
+        raise PermissionDenied(f"writing {dn} refused: {described}; the bind DN needs write access to "
+                               f"{', '.join(attributes)} and objectClass")
+    if code == RC_UNDEFINED_TYPE or (
+        code in (RC_INVALID_SYNTAX, RC_OBJECT_CLASS_VIOLATION) and OBJECT_CLASS.lower() in described.lower()
+    ):
+        raise SchemaMissing(f"the server does not know ldapquota's schema ({described}); load {SCHEMA_FILE}")
+    if code in _SERVER_TROUBLE:
+        raise DirectoryUnavailable(f"writing {dn} failed: {described}")
+    raise EntryWriteError(f"writing {dn} failed: {described}")

@@ -1,0 +1,194 @@
+"""The LDAP flag store: accounts read with complete paged searches, state written with one
+modify per entry (the auxiliary class added in the same modify when missing)."""
+
+import re
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import ldap3
+
+from ldapquota.entry import ATTR_FREE, ATTR_OVER, ATTR_SYNC_TIME, OBJECT_CLASS, AccountEntry, as_strings
+from ldapquota.errors import DirectoryUnavailable, EntryWriteError
+from ldapquota.flagstore import FlagStore
+from ldapquota.ldap import connection as ldap_connection
+from ldapquota.ldap.results import (
+    RC_OBJECT_CLASS_VIOLATION,
+    RC_TYPE_OR_VALUE_EXISTS,
+    LdapLibraryError,
+    Result,
+    check_modify_result,
+    check_read_result,
+    check_search_result,
+    referral_error,
+    unavailable,
+)
+from ldapquota.ldap.syntax import account_filter, generalized_time, parse_generalized_time
+from ldapquota.quota import QuotaState
+from ldapquota.settings import LdapConfig
+
+PAGE_SIZE = 1000
+MODIFY_TIMESTAMP = "modifyTimestamp"
+_PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+# The control is always sent critical: a server that does not know it must refuse the
+# modify (unavailableCriticalExtension), never perform it. OpenLDAP implements it under its
+# experimental arc (ldap.h LDAP_CONTROL_NOOP), not the draft's 1.3.6.1.4.1.4203.1.10.2.
+NOOP_CONTROL_OID = "1.3.6.1.4.1.4203.666.5.2"
+
+Changes = Dict[str, List[Tuple[str, List[str]]]]
+
+
+class LdapStore(FlagStore):
+    """One bound connection to the first reachable server of ``ldap.uri``."""
+
+    def __init__(self, config: LdapConfig, address_attribute: str = "mail", *,
+                 receive_timeout: float = ldap_connection.RECEIVE_TIMEOUT):
+        self.config = config
+        self.address_attribute = address_attribute
+        self.receive_timeout = receive_timeout
+        self._connection: Optional[ldap3.Connection] = None
+        self.server: Optional[str] = None
+
+    def connect(self) -> "LdapStore":
+        if self._connection is not None:
+            return self  # already bound (``with store.connect():`` binds once)
+        self._connection, self.server = ldap_connection.connect(self.config, self.receive_timeout)
+        return self
+
+    def close(self) -> None:
+        if self._connection is not None:
+            ldap_connection.close(self._connection)
+            self._connection = None
+
+    @property
+    def connection(self) -> ldap3.Connection:
+        if self._connection is None:
+            raise DirectoryUnavailable("not connected to LDAP")
+        return self._connection
+
+    # ------------------------------------------------------------------ reading
+
+    def search_accounts(self, attributes: Sequence[str]) -> Iterator[AccountEntry]:
+        return self.search(attributes, self.config.filter)
+
+    def find_accounts(self, address: str, attributes: Sequence[str]) -> List[AccountEntry]:
+        return list(self.search(attributes, account_filter(self.config.filter, self.address_attribute, address)))
+
+    def changed_accounts(self, attributes: Sequence[str], since: float) -> Iterator[Tuple[AccountEntry, Optional[float]]]:
+        query = f"(&{self.config.filter}({MODIFY_TIMESTAMP}>={generalized_time(since)}))"
+        for entry in self.search(list(attributes) + [MODIFY_TIMESTAMP], query):
+            yield entry, parse_generalized_time(entry.first(MODIFY_TIMESTAMP))
+
+    def departed_accounts(self, since: float) -> Iterator[str]:
+        query = f"(&(!{self.config.filter})({MODIFY_TIMESTAMP}>={generalized_time(since)}))"
+        for entry in self.search(["1.1"], query):
+            yield entry.dn
+
+    def account_dns(self) -> Iterator[str]:
+        for entry in self.search(["1.1"], self.config.filter):
+            yield entry.dn
+
+    def search(self, attributes: Sequence[str], query: str, page_size: int = PAGE_SIZE) -> Iterator[AccountEntry]:
+        """Every entry under base_dn matching ``query``, page by page, as a stream.
+
+        Raises SearchIncomplete (or PermissionDenied) as soon as the server signals that
+        the answer is not the whole answer, so a caller never mistakes a truncated list
+        for the full one. The caller must consume the iterator to the end.
+        """
+        connection = self.connection
+        base = self.config.base_dn
+        cookie = None
+        while True:
+            try:
+                connection.search(base, query, search_scope=ldap3.SUBTREE, attributes=list(attributes),
+                                  paged_size=page_size, paged_cookie=cookie, paged_criticality=True)
+            except LdapLibraryError as exc:
+                raise unavailable(f"search of {base}", exc) from None
+            result: Result = connection.result or {}
+            for response in connection.response or ():
+                if response.get("type") == "searchResRef":
+                    raise referral_error(base, response.get("uri"))
+                if response.get("type") == "searchResEntry":
+                    yield AccountEntry(response["dn"], response["attributes"])
+            check_search_result(result, base, self.server)
+            cookie = result.get("controls", {}).get(_PAGED_RESULTS_OID, {}).get("value", {}).get("cookie")
+            if not cookie:
+                return
+
+    def read_entry(self, dn: str, attributes: Sequence[str]) -> Optional[AccountEntry]:
+        connection = self.connection
+        try:
+            connection.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=list(attributes))
+        except LdapLibraryError as exc:
+            raise unavailable(f"reading {dn}", exc) from None
+        if not check_read_result(connection.result or {}, dn):
+            return None
+        for response in connection.response or ():
+            if response.get("type") == "searchResEntry":
+                return AccountEntry(response["dn"], response["attributes"])
+        return None
+
+    def modified_at(self, dn: str) -> Optional[float]:
+        entry = self.read_entry(dn, [MODIFY_TIMESTAMP])
+        return parse_generalized_time(entry.first(MODIFY_TIMESTAMP)) if entry else None
+
+    def missing_schema(self) -> List[str]:
+        connection = self.connection
+        wanted = [ATTR_OVER, ATTR_FREE, ATTR_SYNC_TIME, OBJECT_CLASS]
+        root = self.read_entry("", ["subschemaSubentry"])
+        subschema = (root.first("subschemaSubentry") if root else None) or "cn=Subschema"
+        try:
+            connection.search(subschema, "(objectClass=subschema)", search_scope=ldap3.BASE,
+                              attributes=["attributeTypes", "objectClasses"])
+        except LdapLibraryError as exc:
+            raise unavailable("reading the schema", exc) from None
+        definitions = " ".join(
+            value
+            for response in connection.response or ()
+            if response.get("type") == "searchResEntry"
+            for values in response["attributes"].values()
+            for value in as_strings(values)
+        )
+        names = {name.lower() for name in re.findall(r"NAME\s+(?:\(\s*)?'([^']+)'", definitions)}
+        return [name for name in wanted if name.lower() not in names]
+
+    # ------------------------------------------------------------------ writing
+
+    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False) -> None:
+        """``isOverQuota`` is written as the strings TRUE/FALSE; ``quotaFreeBytes`` is
+        replaced, or deleted when it should be absent. With ``noop`` the server checks the
+        modify (rights, schema) and keeps nothing (No-Op control)."""
+        changes: Changes = {}
+        if new.over != old.over or noop:
+            changes[ATTR_OVER] = [(ldap3.MODIFY_REPLACE, ["TRUE" if new.over else "FALSE"])]
+        if new.free_bytes != old.free_bytes or noop:
+            changes[ATTR_FREE] = [(ldap3.MODIFY_REPLACE, [] if new.free_bytes is None else [str(new.free_bytes)])]
+        if changes:
+            self._modify(dn, changes, has_class, noop=noop)
+
+    def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:
+        entry = self.read_entry(dn, ["objectClass", ATTR_SYNC_TIME])
+        if entry is None:
+            raise EntryWriteError(f"ldap.status_dn {dn} does not exist; create it to record quotaSyncTime")
+        has_class = any(v.lower() == OBJECT_CLASS.lower() for v in entry.values("objectClass"))
+        self._modify(dn, {ATTR_SYNC_TIME: [(ldap3.MODIFY_REPLACE, [generalized_time(epoch)])]}, has_class, noop=noop)
+
+    def _modify(self, dn: str, changes: Changes, has_class: bool, *, noop: bool = False) -> None:
+        result = self._send_modify(dn, changes, add_class=not has_class, noop=noop)
+        # Our guess about the class can be wrong both ways (an entry with the class but none
+        # of our attributes; an entry whose attributes came with extensibleObject).
+        code = result.get("result")
+        if code == RC_TYPE_OR_VALUE_EXISTS and not has_class:
+            result = self._send_modify(dn, changes, add_class=False, noop=noop)
+        elif code == RC_OBJECT_CLASS_VIOLATION and has_class:
+            result = self._send_modify(dn, changes, add_class=True, noop=noop)
+        check_modify_result(result, dn, changes, noop=noop)
+
+    def _send_modify(self, dn: str, changes: Changes, *, add_class: bool, noop: bool) -> Result:
+        request = dict(changes)
+        if add_class:
+            request["objectClass"] = [(ldap3.MODIFY_ADD, [OBJECT_CLASS])]
+        controls = [(NOOP_CONTROL_OID, True, None)] if noop else None
+        try:
+            self.connection.modify(dn, request, controls=controls)
+        except LdapLibraryError as exc:
+            raise unavailable(f"writing {dn}", exc) from None
+        return self.connection.result or {}

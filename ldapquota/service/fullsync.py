@@ -1,0 +1,221 @@
+"""The daemon's full sync: ``--sync``'s pass, with all its safety rules, run on a
+connection of its own while the loop keeps handling events.
+
+:class:`SyncTee` is what the sync talks to: the sync's own store, with every account the
+search returns noted in the daemon's table (so the table is rebuilt by the same search),
+the loop's events handled before each write, and a write skipped when an event measured
+that account after the sync did (the older measurement must not win).
+"""
+
+import logging
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
+
+from ldapquota.entry import AccountEntry
+from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SafetyRefusal, SchemaMissing
+from ldapquota.flagstore import FlagStore
+from ldapquota.quota import QuotaState
+from ldapquota.sync import SyncReport, WriteSuperseded, run_sync
+
+if TYPE_CHECKING:
+    from ldapquota.service.loop import Service
+
+log = logging.getLogger(__name__)
+
+#: After a full sync was refused by a safety rule, try again after at most this long.
+REFUSED_RETRY = 600.0
+#: A full sync refused before reading any account (mail store missing or empty: not
+#: mounted yet at boot) is tried again this soon.
+SOURCE_SYNC_RETRY = 30.0
+
+
+class SyncHooks:
+    """What the daemon does at each step of its full sync."""
+
+    def __init__(self, seen: Callable[[AccountEntry], None], superseded: Callable[[str], bool],
+                 written: Callable[[str, QuotaState], None], tick: Callable[[], None],
+                 shielded: Callable[[], ContextManager[None]]):
+        self.seen = seen  # an account the search returned
+        self.superseded = superseded  # measured again by an event since the sync did?
+        self.written = written  # the sync wrote this state
+        self.tick = tick  # keep events flowing (and stop if asked)
+        self.shielded = shielded  # a write in flight: SIGTERM waits for it
+
+
+class SyncTee(FlagStore):
+    def __init__(self, store: FlagStore, hooks: SyncHooks):
+        self.store = store
+        self.hooks = hooks
+        self.server = store.server
+        self.complete = False  # the account search ran to its end
+
+    def connect(self) -> "SyncTee":
+        self.store.connect()
+        self.server = self.store.server
+        return self
+
+    def close(self) -> None:
+        self.store.close()
+
+    def search_accounts(self, attributes: Sequence[str]) -> Iterator[AccountEntry]:
+        for entry in self.store.search_accounts(attributes):
+            self.hooks.seen(entry)
+            yield entry
+        self.complete = True
+
+    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False) -> None:
+        self.hooks.tick()
+        if self.hooks.superseded(dn):
+            # An event measured this account after the sync did (a sync measures all
+            # before it writes). It is measured again right after the sync.
+            raise WriteSuperseded(dn)
+        with self.hooks.shielded():
+            self.store.write_state(dn, old, new, has_class, noop=noop)
+        self.hooks.written(dn, new)
+
+    def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:
+        with self.hooks.shielded():
+            self.store.write_sync_time(dn, epoch, noop=noop)
+
+    # The rest as the store answers it.
+
+    def find_accounts(self, address: str, attributes: Sequence[str]) -> List[AccountEntry]:
+        return self.store.find_accounts(address, attributes)
+
+    def changed_accounts(self, attributes: Sequence[str], since: float) -> Iterator[Tuple[AccountEntry, Optional[float]]]:
+        return self.store.changed_accounts(attributes, since)
+
+    def departed_accounts(self, since: float) -> Iterator[str]:
+        return self.store.departed_accounts(since)
+
+    def account_dns(self) -> Iterator[str]:
+        return self.store.account_dns()
+
+    def read_entry(self, dn: str, attributes: Sequence[str]) -> Optional[AccountEntry]:
+        return self.store.read_entry(dn, attributes)
+
+    def modified_at(self, dn: str) -> Optional[float]:
+        return self.store.modified_at(dn)
+
+    def missing_schema(self) -> List[str]:
+        return self.store.missing_schema()
+
+
+class DaemonFullSync:
+    """One full sync of the daemon, and what it means for the loop's state."""
+
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def run(self) -> None:
+        service = self.service
+        config = service.config
+        started_wall = service.wall()
+        service.table.generation += 1
+        assert service.feed is not None
+        service.feed.retry_limit()
+        service.evaluator.source.reopen()  # follows a remounted store
+        service.in_sync = True
+        service.touched_in_sync = set()
+        service.last_tick = service.clock()
+        store = service.new_store()
+        tee = SyncTee(store, service.sync_hooks())
+        succeeded = False
+        try:
+            with service.stop.abandonable():
+                store.connect()
+                tee.server = store.server
+                # The hourly safety net measures in this process unless the operator asked
+                # for workers: time matters little here, memory and a quiet process do.
+                report = run_sync(config, tee, source=service.evaluator.source, progress=lambda _: service.background_tick(),
+                                  workers=config.mailboxes.workers or 0)
+        except SafetyRefusal as exc:
+            self._refused(exc, tee.complete)
+        except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
+            log.error("full sync failed: %s", exc)
+            service.link.failed(exc, len(service.pending))
+        else:
+            succeeded = True
+            self._passed(report, started_wall)
+        finally:
+            store.close()
+            service.in_sync = False
+        self._measure_again(succeeded)
+        if not service.ready and (succeeded or tee.complete):
+            service.ready = True
+            log.info("ready: %d accounts, %d mailboxes followed with notifications, %d polled",
+                     len(service.table), service.feed.watched_count, service.feed.polled_count)
+
+    def _refused(self, exc: SafetyRefusal, complete: bool) -> None:
+        service = self.service
+        first = service.refused is None
+        service.refused = str(exc)
+        retry = min(service.config.daemon.interval, REFUSED_RETRY)
+        level = log.error if first else log.warning
+        if not complete:
+            # Refused before any account was read: the mail store is missing or empty (not
+            # mounted yet at boot). Look again soon, not in ten minutes, and say it once.
+            retry = SOURCE_SYNC_RETRY
+            level = log.error if first else log.debug
+        level("full sync refused: %s. Nothing was written, and changes found by events are held "
+              "until a full sync passes (next try in %gs, or SIGUSR1)", exc, retry)
+        if complete:
+            self._forget_unseen()
+        service.full_sync.retry(service.clock(), retry)
+
+    def _passed(self, report: SyncReport, started_wall: float) -> None:
+        service = self.service
+        if service.refused:
+            log.info("full sync passed the safety rules again; event-driven writes resume")
+        service.refused = None
+        service.pending.sync_passed()
+        self._forget_unseen()
+        now = service.clock()
+        service.full_sync.done(now)
+        service.refresh.done(now)
+        service.window.full_sync_began(started_wall)
+        self._learn_server_clock()
+        service.listing.schedule(now)
+        log.info("full sync: %s", report.summary())
+
+    def _learn_server_clock(self) -> None:
+        """The status entry was just written (quotaSyncTime): its modification time is the
+        server's "now". Without a status_dn, our clock is taken as the server's."""
+        service = self.service
+        status_dn = service.config.ldap.status_dn
+        store = service.link.store
+        if not status_dn or store is None:
+            return
+        asked = service.wall()
+        try:
+            with service.stop.abandonable():
+                stamp = store.modified_at(status_dn)
+        except (DirectoryUnavailable, PermissionDenied):
+            return
+        service.window.learn_offset(stamp, asked)
+
+    def _forget_unseen(self) -> None:
+        service = self.service
+        gone = service.table.unseen()
+        for key in gone:
+            record = service.table.get(key)
+            if record is not None:
+                log.debug("%s: no longer an account; no longer watched", record.address)
+            service.table.forget(key)
+            service.pending.drop(key)
+            service.debouncer.discard(key)
+        if gone:
+            log.info("%d account(s) gone from LDAP since the last full sync; no longer watched", len(gone))
+
+    def _measure_again(self, succeeded: bool) -> None:
+        """Whatever events measured during the sync may be newer than what the sync
+        measured: measure again. After a sync that passed, held changes are re-decided
+        against what the store now holds."""
+        service = self.service
+        now = service.clock()
+        again = set(service.touched_in_sync)
+        if succeeded:
+            again |= set(service.pending)
+            service.pending.clear()
+        for key in again:
+            service.debouncer.touch(key, now, delay=0.0)
+        service.touched_in_sync = set()

@@ -1,0 +1,397 @@
+"""The daemon's loop: keep every account's flag following its mailbox, within a second.
+
+One thread, one loop. Each turn it
+
+1. takes what the change feed saw (inotify events, or a slice of polling) and notes the
+   accounts of those mailboxes in a debouncer (``daemon.debounce``);
+2. measures the accounts that are due (only those), with the same Evaluator as
+   ``--sync``, and keeps a pending write for each one whose state differs from the store's;
+3. writes the pending changes (:mod:`.pending`), unless the store is down: then they
+   wait, and are written once it answers again (:mod:`.link`);
+4. runs, when due, the full sync (:mod:`.fullsync`: ``daemon.interval``, SIGUSR1, a lost
+   notification, a config reload, a reconnect) or the account refresh (:mod:`.refresher`);
+   and re-measures the mailboxes that are over quota (``daemon.over_recheck``), so a
+   mailbox freed where inotify cannot see (NFS) is unblocked soon anyway;
+5. sleeps in ``select()`` until the next event, signal or deadline.
+
+While a full sync runs (minutes on a big directory) the loop keeps handling events from
+inside the sync's progress callback, and re-measures afterwards whatever changed
+meanwhile, so the sync's older measurements never win. Signals only set flags (and wake
+the loop): see :mod:`.control`.
+"""
+
+import logging
+import os
+import select
+import time
+from typing import Callable, Optional, Set
+
+from ldapquota.accounts import account_from_entry
+from ldapquota.entry import AccountEntry
+from ldapquota.errors import AccountError, DirectoryUnavailable, PermissionDenied, SafetyRefusal, SchemaMissing
+from ldapquota.evaluation import Evaluator
+from ldapquota.flagstore import FlagStore, open_store
+from ldapquota.quota import QuotaState
+from ldapquota.schedule import Debouncer, Periodic
+from ldapquota.service.control import Stopping, StopSwitch
+from ldapquota.service.fullsync import DaemonFullSync, SyncHooks
+from ldapquota.service.link import ReconnectingStore
+from ldapquota.service.pending import PendingWrites
+from ldapquota.service.refresher import ListingPace, RefreshWindow, list_accounts, refresh
+from ldapquota.service.table import AccountTable, dn_key
+from ldapquota.settings import Config
+from ldapquota.sources.base import ChangeFeed
+from ldapquota.sync import Change, run_sync
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for any one store answer. Short: a hung directory must not hold up
+#: the loop (nor a shutdown) for long; a healthy one answers a modify or a page in far less.
+RECEIVE_TIMEOUT = 5
+#: While a full sync or refresh runs, events are handled this often (seconds).
+TICK_EVERY = 0.1
+#: Measurements per loop turn before signals and writes get a look in.
+BATCH = 500
+#: While the mail store looks unmounted, due measurements wait this long.
+ROOT_RETRY = 5.0
+#: Longest sleep of the loop (it has nothing to do, but stays lively).
+MAX_SLEEP = 60.0
+
+
+class Service:
+    """The daemon's state and loop. ``run()`` returns the exit code (0 after SIGTERM)."""
+
+    def __init__(self, config: Config, *, config_path: str, verbosity: int = 0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        self.config_path = config_path
+        self.verbosity = verbosity
+        self.clock = clock
+        self.wall = wall
+        self.stop = StopSwitch()
+        self._reload = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.feed: Optional[ChangeFeed] = None
+        self.ready = False
+        self._apply(config, first=True)
+
+    def _apply(self, config: Config, *, first: bool = False) -> None:
+        """Take ``config`` (at start and on a reload that changed what measuring reads)."""
+        self.config = config
+        self.evaluator = Evaluator(config)
+        now = self.clock()
+        daemon = config.daemon
+        if first:
+            self.table = AccountTable(self.evaluator.attributes, self.clock)
+            self.pending = PendingWrites(config.policy.max_changes)
+            self.link = ReconnectingStore(self.new_store, self.clock)
+            self.debouncer: Debouncer[str] = Debouncer(daemon.debounce)
+            self.full_sync = Periodic(daemon.interval, now, first=now)
+            self.refresh = Periodic(daemon.account_refresh, now, first=float("inf"))  # after the first sync
+            self.recheck = Periodic(daemon.over_recheck, now)
+            self.window = RefreshWindow()
+            self.listing = ListingPace(daemon.account_refresh)
+            self.refused: Optional[str] = None  # the last full sync was refused by a safety rule
+            self.in_sync = False
+            self.touched_in_sync: Set[str] = set()  # measured by events while a full sync ran
+            self.last_tick = 0.0
+            self._source_problem: Optional[str] = None
+
+    def new_store(self) -> FlagStore:
+        """A store connection (not yet connected) under the current configuration."""
+        return open_store(self.config, receive_timeout=RECEIVE_TIMEOUT)
+
+    # ------------------------------------------------------------------ signals
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: finish the write in flight, then leave."""
+        self._wake()
+        self.stop.request()
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file."""
+        self._reload = True
+        self._wake()
+
+    def request_full_sync(self) -> None:
+        """SIGUSR1: a full sync now."""
+        log.info("full sync requested (SIGUSR1)")
+        self.full_sync.soon(self.clock())
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full: the loop is awake already
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        daemon = self.config.daemon
+        self.feed = self.evaluator.source.feed(daemon)
+        self.table.feed = self.feed
+        log.info(
+            "daemon started (pid %d, config %s): %s source, full sync every %gs, accounts refreshed every %gs, "
+            "over-quota mailboxes re-measured every %gs, %s",
+            os.getpid(), self.config_path, self.config.mailboxes.source, daemon.interval, daemon.account_refresh,
+            daemon.over_recheck, self.feed.description,
+        )
+        try:
+            while not self.stop.requested:
+                self._turn()
+        except Stopping:
+            pass
+        finally:
+            self.link.close()
+            self.feed.close()
+            self.evaluator.close()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+        left = len(self.pending)
+        log.info("stopped%s", f"; {left} pending change(s) left for the next full sync" if left else "")
+        return 0
+
+    def _turn(self) -> None:
+        if self._reload:
+            self._reload = False
+            from ldapquota.service.reload import reload_config
+
+            reload_config(self)
+        now = self.clock()
+        self._collect(now)
+        self._measure_due(now)
+        self._flush()
+        if self.stop.requested:
+            return
+        now = self.clock()
+        if self.link.may_try(now):
+            if self.full_sync.is_due(now):
+                self._run_full_sync()
+            elif self.refresh.is_due(now):
+                self._run_refresh()
+        now = self.clock()
+        if self.recheck.is_due(now):
+            for key in self.table.over:
+                self.debouncer.touch(key, now, delay=0.0)
+            self.recheck.done(now)
+        if not self.stop.requested:
+            self._wait()
+
+    def _wait(self) -> None:
+        assert self.feed is not None
+        now = self.clock()
+        deadlines = [now + MAX_SLEEP, self.recheck.due_at]
+        due = self.debouncer.next_due()
+        if due is not None:
+            deadlines.append(due)
+        if self.feed.next_poll_at is not None:
+            deadlines.append(self.feed.next_poll_at)
+        store_due = min(self.full_sync.due_at, self.refresh.due_at)
+        if self.pending and not self.refused:
+            store_due = now  # only left when the store is down
+        if not self.link.up:
+            store_due = max(store_due, self.link.retry_at)
+        deadlines.append(store_due)
+        fds = [self._wake_r]
+        feed_fd = self.feed.fileno()
+        if feed_fd is not None:
+            fds.append(feed_fd)
+        readable, _, _ = select.select(fds, [], [], max(0.0, min(deadlines) - now))
+        if self._wake_r in readable:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    # ------------------------------------------------------------------ events → measurements
+
+    def _collect(self, now: float) -> None:
+        """Changed mailboxes (notifications, polling) → their accounts into the debouncer."""
+        assert self.feed is not None
+        changes = self.feed.collect(now)
+        if changes.overflow:
+            log.warning("change notifications were lost (the event queue overflowed); running a full sync")
+            self.full_sync.soon(now)
+        if changes.unmounted:
+            self.evaluator.source.reopen()
+            log.warning("a file system holding watched mailboxes was unmounted; those mailboxes are polled until they are back")
+        for mailbox in changes.keys:
+            for key in self.table.keys_for(mailbox):
+                self.debouncer.touch(key, now)
+
+    def _measure_due(self, now: float) -> None:
+        due = self.debouncer.pop_due(now, BATCH)
+        if not due:
+            return
+        # An unmounted store looks like every mailbox vanishing: act on nothing then.
+        try:
+            self.evaluator.source.check_ready()
+        except (SafetyRefusal, DirectoryUnavailable) as exc:
+            if self._source_problem is None:
+                log.error("%s; measuring paused until it is back", exc)
+            self._source_problem = str(exc)
+            for key in due:
+                self.debouncer.touch(key, now, delay=ROOT_RETRY)
+            return
+        if self._source_problem is not None:
+            log.info("the mail store is back; measuring again")
+            self._source_problem = None
+            self.evaluator.source.reopen()  # what it held open may be the directory under the mount
+        for key in due:
+            self._evaluate(key)
+
+    def _evaluate(self, key: str) -> None:
+        record = self.table.get(key)
+        if record is None:
+            return
+        if self.in_sync:
+            self.touched_in_sync.add(key)
+        if record.layout != self.table.layout:
+            return  # read under another config (reload): the full sync under way reads it again
+        waiting = self.pending.get(key)
+        current = waiting.new if waiting else record.state
+        evaluation = self.evaluator.evaluate(self.table.entry_for(record, current))
+        if evaluation.error is not None:
+            if evaluation.error != record.error:
+                log.warning("%s: %s; flag kept (%s)", record.address, evaluation.error, "TRUE" if current.over else "FALSE")
+            record.error = evaluation.error
+            return
+        record.error = None
+        if record.mailbox is not None and evaluation.measurement is not None and self.feed is not None:
+            self.feed.follow(record.mailbox, self.clock(), evaluation.measurement)
+        new = evaluation.new
+        self.table.mark_over(key, new.over)
+        if new == record.state:
+            self.pending.drop(key)
+            return
+        assert evaluation.decision is not None
+        change = Change(record.dn, record.address, record.state, new, record.has_class, evaluation.decision.reason)
+        self.pending.put(key, change)
+        log.debug("%s: change pending: %s", record.address, change.describe())
+
+    # ------------------------------------------------------------------ the store
+
+    def _flush(self) -> None:
+        if not self.pending or self.refused:
+            return
+        store = self.link.get(self.stop.abandonable, len(self.pending))
+        if store is None:
+            return
+        failure = self.pending.flush(store, self.table, stopping=lambda: self.stop.requested, shielded=self.stop.shielded)
+        if failure is not None:
+            self.link.failed(failure, len(self.pending))
+        if self.pending.budget_spent and not self.refused:
+            self.full_sync.soon(self.clock())
+
+    def background_tick(self) -> None:
+        """From inside a full sync or a refresh (on connections of their own): stop if
+        asked, and keep events flowing."""
+        self.stop.check()
+        now = self.clock()
+        if now - self.last_tick < TICK_EVERY:
+            return
+        self.last_tick = now
+        self._collect(now)
+        self._measure_due(now)
+        self._flush()
+        self.stop.check()
+
+    def _run_full_sync(self) -> None:
+        if self.pending and not self.refused:
+            self._flush()
+            if self.pending and not self.link.up:
+                return  # the store is down: the sync would fail as well
+        if self.link.get(self.stop.abandonable, len(self.pending)) is None:
+            return  # the loop's own connection is needed for events during the sync
+        DaemonFullSync(self).run()
+
+    # ------------------------------------------------------------------ the account table
+
+    def describe(self, entry: AccountEntry) -> tuple:
+        """(address, mailbox key) of an entry, as the event path needs them."""
+        source = self.evaluator.source
+        try:
+            account = account_from_entry(entry, self.config.accounts, source)
+        except AccountError:
+            return entry.first(self.config.accounts.address_attribute) or entry.dn, None
+        return account.address, source.key(account.mailbox)
+
+    def seen_in_sync(self, entry: AccountEntry) -> None:
+        address, mailbox = self.describe(entry)
+        key, record, _ = self.table.upsert(entry, address, mailbox)
+        record.generation = self.table.generation
+        self.table.set_state(key, entry.quota_state)
+
+    def refreshed(self, entry: AccountEntry) -> None:
+        is_new = dn_key(entry.dn) not in self.table.records
+        address, mailbox = self.describe(entry)
+        key, record, changed = self.table.upsert(entry, address, mailbox)
+        stored = entry.quota_state
+        if is_new:
+            record.generation = self.table.generation
+            log.debug("%s: new account %s", record.address, entry.dn)
+        if changed or record.state != stored:
+            # New, limit or mailbox changed, or someone else wrote the flag: decide again.
+            self.table.set_state(key, stored)
+            self.pending.drop(key)
+            self.debouncer.touch(key, self.clock(), delay=0.0)
+
+    def forget(self, key: str, why: str) -> None:
+        record = self.table.forget(key)
+        if record is not None:
+            log.info("%s: %s %s; no longer watched", record.address, record.dn, why)
+        self.pending.drop(key)
+        self.debouncer.discard(key)
+
+    def sync_hooks(self) -> SyncHooks:
+        def superseded(dn: str) -> bool:
+            return dn_key(dn) in self.touched_in_sync
+
+        def written(dn: str, new: QuotaState) -> None:
+            self.table.set_state(dn_key(dn), new, written=True)
+
+        return SyncHooks(self.seen_in_sync, superseded, written, self.background_tick, self.stop.shielded)
+
+    def _run_refresh(self) -> None:
+        """New, changed and removed accounts since the last look, on a connection of its
+        own, so that events keep being handled (and written on the loop's) meanwhile."""
+        if self.link.get(self.stop.abandonable, len(self.pending)) is None:
+            return
+        wall = self.wall()
+        store = self.new_store()
+        self.last_tick = self.clock()
+        attributes = list(self.evaluator.attributes)
+
+        def departed(dn: str) -> None:
+            if dn_key(dn) in self.table.records:
+                self.forget(dn_key(dn), "no longer matches ldap.filter")
+
+        try:
+            with self.stop.abandonable():
+                store.connect()
+                refresh(store, self.window, attributes, wall, changed=self.refreshed, departed=departed,
+                        tick=self.background_tick)
+                if self.listing.is_due(self.clock()):
+                    self._list_accounts(store)
+        except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
+            log.error("account refresh failed: %s", exc)
+            self.link.failed(exc, len(self.pending))
+            return
+        finally:
+            store.close()
+        self.refresh.done(self.clock())
+
+    def _list_accounts(self, store: FlagStore) -> None:
+        """Deleted accounts leave no modification time behind: compare a DN-only listing.
+        (Their flags no longer matter to the MTA, whose lookup finds no entry: this only
+        stops watching them, so it is paced to stay cheap on big directories.)"""
+        started = self.clock()
+        present = list_accounts(store, self.background_tick)
+        gone = [key for key in self.table.records if key not in present]
+        for key in gone:
+            self.forget(key, "is gone from LDAP")
+        took = self.clock() - started
+        self.listing.took(took, self.config.daemon.account_refresh, self.clock())
+        log.debug("account listing: %d accounts, %d gone, %.2fs; next in %.0fs", len(present), len(gone), took,
+                  self.listing.every)

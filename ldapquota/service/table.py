@@ -1,0 +1,170 @@
+"""The daemon's account table: per account what the event path needs, and nothing more
+(there may be a million): its DN, address, mailbox, the attributes its limit and mailbox
+come from, and the state the store holds. Mailboxes are followed by the change feed as
+long as an account uses them."""
+
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from ldapquota.entry import ATTR_FREE, ATTR_OVER, AccountEntry
+from ldapquota.quota import QuotaState
+from ldapquota.sources.base import ChangeFeed
+
+Attrs = Tuple[object, ...]  # per layout name: None, the value, or a tuple of values
+
+
+class Record:
+    """One account (kept small: slots, shared strings and states)."""
+
+    __slots__ = ("dn", "address", "mailbox", "layout", "attrs", "state", "has_class", "generation", "error")
+
+    def __init__(self, dn: str, address: str, mailbox: Optional[str], layout: Tuple[str, ...], attrs: Attrs,
+                 state: QuotaState, has_class: bool, generation: int):
+        self.dn = dn
+        self.address = address
+        self.mailbox = mailbox  # the source's key of the mailbox; None if the entry gives none
+        self.layout = layout  # the attribute names of ``attrs`` (shared by all records)
+        self.attrs = attrs
+        self.state = shared_state(state)  # what the store holds (as last read or written)
+        self.has_class = has_class
+        self.generation = generation  # the full sync that last saw it
+        self.error: Optional[str] = None  # the last measuring error reported
+
+
+class AccountTable:
+    def __init__(self, layout: Sequence[str], clock: Callable[[], float]):
+        self.layout = make_layout(layout)
+        self.clock = clock
+        self.feed: Optional[ChangeFeed] = None
+        self.records: Dict[str, Record] = {}  # DN in lower case → record
+        self.by_mailbox: Dict[str, List[str]] = {}  # mailbox key → record keys
+        self.over: Set[str] = set()  # keys whose (wanted) state is over quota
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, key: str) -> Optional[Record]:
+        return self.records.get(key)
+
+    def keys_for(self, mailbox: str) -> Sequence[str]:
+        return self.by_mailbox.get(mailbox, ())
+
+    def upsert(self, entry: AccountEntry, address: str, mailbox: Optional[str]) -> Tuple[str, Record, bool]:
+        """Record ``entry``; returns (key, record, whether anything but the state changed)."""
+        key = dn_key(entry.dn)
+        attrs = tuple(_compact(entry.values(name)) for name in self.layout)
+        record = self.records.get(key)
+        if record is None:
+            record = Record(entry.dn, address, mailbox, self.layout, attrs, entry.quota_state, entry.has_quota_class,
+                            self.generation)
+            self.records[key] = record
+            self._attach(key, mailbox)
+            return key, record, True
+        changed = record.layout != self.layout or record.attrs != attrs or record.mailbox != mailbox
+        if record.mailbox != mailbox:
+            self._detach(key, record.mailbox)
+            self._attach(key, mailbox)
+        elif mailbox is not None and self.feed is not None and not self.feed.following_well(mailbox):
+            self._attach(key, mailbox)  # try again (created since, or watches freed)
+        record.dn = entry.dn
+        record.address = address
+        record.mailbox = mailbox
+        record.layout = self.layout
+        record.attrs = attrs
+        record.has_class = record.has_class or entry.has_quota_class
+        return key, record, changed
+
+    def set_state(self, key: str, state: QuotaState, *, written: bool = False) -> None:
+        """What the store holds now (read, or ``written`` by us)."""
+        record = self.records.get(key)
+        if record is None:
+            return
+        record.state = shared_state(state)
+        if written:
+            record.has_class = True
+        self.mark_over(key, state.over)
+
+    def mark_over(self, key: str, over: bool) -> None:
+        if over:
+            self.over.add(key)
+        else:
+            self.over.discard(key)
+
+    def forget(self, key: str) -> Optional[Record]:
+        record = self.records.pop(key, None)
+        if record is not None:
+            self._detach(key, record.mailbox)
+            self.over.discard(key)
+        return record
+
+    def unseen(self) -> List[str]:
+        """Keys the current full sync (generation) did not see."""
+        return [key for key, record in self.records.items() if record.generation != self.generation]
+
+    def entry_for(self, record: Record, state: QuotaState) -> AccountEntry:
+        """The account as the Evaluator reads it, with ``state`` as the stored state."""
+        attributes: Dict[str, List[str]] = {}
+        for name, value in zip(record.layout, record.attrs):
+            if value is not None:
+                attributes[name] = [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        if state.over:
+            attributes[ATTR_OVER.lower()] = ["TRUE"]
+        if state.free_bytes is not None:
+            attributes[ATTR_FREE.lower()] = [str(state.free_bytes)]
+        return AccountEntry(record.dn, attributes)
+
+    def refollow_all(self) -> None:
+        """A new feed: follow every mailbox again."""
+        for mailbox in self.by_mailbox:
+            if self.feed is not None:
+                self.feed.follow(mailbox, self.clock())
+
+    def _attach(self, key: str, mailbox: Optional[str]) -> None:
+        if mailbox is None:
+            return
+        keys = self.by_mailbox.setdefault(mailbox, [])
+        if key not in keys:
+            keys.append(key)
+        if self.feed is not None:
+            self.feed.follow(mailbox, self.clock())
+
+    def _detach(self, key: str, mailbox: Optional[str]) -> None:
+        if mailbox is None:
+            return
+        keys = self.by_mailbox.get(mailbox)
+        if keys is None:
+            return
+        if key in keys:
+            keys.remove(key)
+        if not keys:
+            del self.by_mailbox[mailbox]
+            if self.feed is not None:
+                self.feed.unfollow(mailbox)
+
+
+def make_layout(names: Sequence[str]) -> Tuple[str, ...]:
+    """The attributes kept per record: what the Evaluator reads, but our own state."""
+    ours = (ATTR_OVER.lower(), ATTR_FREE.lower())
+    return tuple(sys.intern(name.lower()) for name in names if name.lower() not in ours)
+
+
+def dn_key(dn: str) -> str:
+    lowered = dn.lower()
+    return dn if lowered == dn else lowered  # one string, not two, in the common case
+
+
+def _compact(values: List[str]) -> object:
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+_STATES: Dict[QuotaState, QuotaState] = {}
+
+
+def shared_state(state: QuotaState) -> QuotaState:
+    """One object per distinct state (most accounts share the same two or three)."""
+    if state.free_bytes is not None and len(_STATES) > 10000:
+        return state
+    return _STATES.setdefault(state, state)
