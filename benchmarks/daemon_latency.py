@@ -296,7 +296,7 @@ def bench_size(n: int, args) -> dict:
         started = time.monotonic()
         daemon = subprocess.Popen([sys.executable, "-m", "ldapquota", "-c", str(config), "--foreground"],
                                   cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=open(workdir / "daemon.stderr", "w"))
+                                  stderr=open(workdir / "daemon.stderr", "w"))  # noqa: SIM115 (lives as long as the daemon)
         log = workdir / "daemon.log"
         while "ready: " not in (log.read_text() if log.exists() else ""):
             if daemon.poll() is not None:
@@ -306,7 +306,7 @@ def bench_size(n: int, args) -> dict:
             time.sleep(0.2)
         ready_at = time.monotonic()
         result["daemon_ready_s"] = ready_at - started
-        ready_line = [l for l in log.read_text().splitlines() if "ready: " in l][0]
+        ready_line = [line for line in log.read_text().splitlines() if "ready: " in line][0]
         print(f"  daemon ready in {result['daemon_ready_s']:.1f}s: {ready_line.split('ready: ')[1]}", flush=True)
         time.sleep(2)
 

@@ -46,9 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from servers.exim import Exim, exim_available, give_to  # noqa: E402
+
 from ldapquota.config import parse_config  # noqa: E402
 from ldapquota.exim import BLOCK_NAMES, render_exim_config, replace_blocks, split_blocks  # noqa: E402
-from servers.exim import Exim, exim_available, give_to  # noqa: E402
 
 DOMAIN = "example.org"
 SUFFIX = "dc=example,dc=org"
@@ -136,7 +137,7 @@ def exim_configs(slapd: BenchSlapd, workdir: Path) -> dict[str, tuple[str, dict[
     example = (REPO / "examples" / "exim" / "exim4.conf").read_text()
     with_blocks = replace_blocks(example, split_blocks(render_exim_config(config, "defer")))
     return {
-        "without": (replace_blocks(example, {name: "" for name in BLOCK_NAMES}), {}),
+        "without": (replace_blocks(example, dict.fromkeys(BLOCK_NAMES, "")), {}),
         "shared": (with_blocks, {}),
         "separate": (with_blocks, {"SEPARATE_ACCOUNT_LOOKUP": "1"}),
     }

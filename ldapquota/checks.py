@@ -23,6 +23,7 @@ from ldapquota.errors import (
     SafetyRefusal,
 )
 from ldapquota.flagstore import FlagStore
+from ldapquota.quota import QuotaState
 from ldapquota.settings import Config
 from ldapquota.sources import open_source
 from ldapquota.sources.base import UsageSource
@@ -125,15 +126,17 @@ def _accounts(config: Config, directory: FlagStore, source: UsageSource) -> Iter
         yield Finding(WARNING, f"{without_address} accounts have no {address_attribute}")
     if quota_attribute and count and not with_quota:
         # An ACL that hides the limit from ldapquota would make every mailbox unlimited.
-        fallback = f"accounts.default_quota ({config.accounts.default_quota})" if config.accounts.default_quota else "the maildirsize header, else no limit"
+        default = config.accounts.default_quota
+        fallback = f"accounts.default_quota ({default})" if default else f"the {source.own_limit}, else no limit"
         yield Finding(WARNING, f"no account has {quota_attribute} (misspelt, or not readable by the bind DN?); "
                                f"every limit will come from {fallback}")
     elif quota_attribute and count:
         yield Finding(OK, f"{with_quota} of {count} accounts have {quota_attribute}")
     if sampled:
         level = WARNING if with_maildir == 0 else OK
+        advice = " -- check mailboxes.root and mailboxes.path" if level == WARNING else ""
         yield Finding(level, f"{with_maildir} of the first {sampled} accounts have a maildir where mailboxes.path "
-                             f"({config.mailboxes.path.text}) says" + (" -- check mailboxes.root and mailboxes.path" if level == WARNING else ""))
+                             f"({config.mailboxes.path.text}) says{advice}")
     duplicates = sorted(address for address, n in seen.items() if n > 1)
     if duplicates:
         shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
@@ -142,17 +145,22 @@ def _accounts(config: Config, directory: FlagStore, source: UsageSource) -> Iter
             f"{len(duplicates)} addresses belong to more than one account ({shown}); the MTA lookup "
             "must match exactly one entry, so mail to them will be deferred (4xx)",
         )
-
     if first_dn is not None:
         assert first_state is not None
+        yield from _write_rights(config, directory, first_dn, first_state, first_has_class)
+
+
+def _write_rights(config: Config, directory: FlagStore, dn: str, state: QuotaState, has_class: bool) -> Iterator[Finding]:
+    """May the bind write what ldapquota writes? Asked with the No-Op control (nothing kept)."""
+    if dn:
         yield from _noop_write(
-            f"write isOverQuota and quotaFreeBytes on accounts (tried on {first_dn})",
-            lambda: directory.write_state(first_dn, first_state, first_state, first_has_class, noop=True),
+            f"write isOverQuota and quotaFreeBytes on accounts (tried on {dn})",
+            lambda: directory.write_state(dn, state, state, has_class, noop=True),
         )
     status_dn = config.ldap.status_dn
     if status_dn:
-        entry = directory.read_entry(status_dn, ["objectClass"])
-        if entry is None:
+        status = directory.read_entry(status_dn, ["objectClass"])
+        if status is None:
             yield Finding(FAILED, f"ldap.status_dn {status_dn} does not exist; create it (quotaSyncTime is kept there)", EX_CONFIG)
         else:
             yield from _noop_write(f"write quotaSyncTime on {status_dn}", lambda: directory.write_sync_time(status_dn, 0, noop=True))

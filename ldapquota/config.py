@@ -6,19 +6,15 @@ types, bad sizes and unreadable password files raise :class:`ConfigError` naming
 the line and the dotted key, so the operator can go straight to the mistake.
 """
 
-import math
-import os
-import re
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import os
+from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
-from ldapquota import sources
+from ldapquota import config_values as kinds
 from ldapquota.errors import ConfigError
-from ldapquota.ldap.syntax import check_dn_syntax, check_filter_syntax
 from ldapquota.paths import PathTemplate
-from ldapquota.quota import Limit, Percent, exact_percent, parse_maildirpp_limit
 from ldapquota.settings import (
     AccountsConfig,
     Config,
@@ -33,179 +29,6 @@ from ldapquota.units import parse_change_limit, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/ldapquota/ldapquota.yaml"
 CONFIG_ENV = "LDAPQUOTA_CONFIG"
-
-
-# --------------------------------------------------------------------------- converters
-# Each takes the YAML value and returns the typed value or raises ValueError(sentence).
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {_show(value)}")
-    return value.strip()
-
-
-def _optional_string(value: Any) -> Optional[str]:
-    return None if value is None else _string(value)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_show(value)}")
-    return value
-
-
-def _percent(value: Any) -> Percent:
-    """100, 90.5 or "90%" → an exact fraction (see quota.Policy)."""
-    if isinstance(value, str) and value.strip().endswith("%"):
-        value = value.strip()[:-1].strip()
-        try:
-            value = float(value) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a percentage such as 100, got {_show(value)}")
-    if not math.isfinite(value) or not 0 < value <= 1000:
-        raise ValueError(f"a percentage must be above 0 and at most 1000, got {value}")
-    return exact_percent(value)
-
-
-def _uris(value: Any) -> Tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ValueError("at least one LDAP URI is needed")
-    uris = []
-    for item in items:
-        uri = _string(item)
-        if not re.match(r"^(ldap|ldaps)://(\[[0-9A-Fa-f:.]+\]|[^/?#:\[\]]+)(:\d{1,5})?/?$", uri, re.IGNORECASE):
-            raise ValueError(f"{uri!r} is not an ldap:// or ldaps:// URI of a server (host[:port])")
-        uris.append(uri)
-    return tuple(uris)
-
-
-def _filter(value: Any) -> str:
-    """One parenthesised RFC 4515 filter: its outer parentheses close only at the end."""
-    text = _string(value)
-    depth = 0
-    well_formed = text.startswith("(") and text.endswith(")")
-    for position, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0 or (depth == 0 and position != len(text) - 1):
-                well_formed = False
-                break
-    if not well_formed or depth != 0:
-        raise ValueError(f"{text!r} is not one LDAP filter in parentheses, e.g. (&(objectClass=inetOrgPerson)(mail=*))")
-    check_filter_syntax(text)
-    return text
-
-
-def _dn(value: Any) -> str:
-    text = _string(value)
-    check_dn_syntax(text)
-    return text
-
-
-def _optional_dn(value: Any) -> Optional[str]:
-    return None if value is None else _dn(value)
-
-
-def _attribute(value: Any) -> str:
-    text = _string(value)
-    if not re.match(r"^[A-Za-z][A-Za-z0-9-]*(;[A-Za-z0-9-]+)*$", text):
-        raise ValueError(f"{text!r} is not an LDAP attribute name")
-    return text
-
-
-def _optional_attribute(value: Any) -> Optional[str]:
-    return None if value is None else _attribute(value)
-
-
-def _quota_unit(value: Any) -> Optional[int]:
-    if isinstance(value, str) and value.strip().lower() in ("maildir++", "maildirpp"):
-        return None
-    unit = parse_size(value)
-    if unit <= 0:
-        raise ValueError("quota_unit must be at least 1 byte, or \"maildir++\"")
-    return unit
-
-
-def _default_quota(value: Any) -> Optional[Limit]:
-    if value is None:
-        return None
-    if isinstance(value, str) and re.search(r"\d[SC]\b", value.strip()):
-        return parse_maildirpp_limit(value)
-    return Limit(bytes=parse_size(value))
-
-
-def _directory_path(value: Any) -> str:
-    text = _string(value)
-    if not os.path.isabs(text):
-        raise ValueError(f"{text!r} must be an absolute path")
-    return os.path.normpath(text)
-
-
-def _template(value: Any) -> PathTemplate:
-    text = _string(value)
-    if os.path.isabs(text):
-        raise ValueError(f"{text!r} must be relative to mailboxes.root")
-    if ".." in text.split("/"):
-        raise ValueError(f"{text!r} steps out of mailboxes.root with '..'")
-    return PathTemplate.parse(text)
-
-
-def _workers(value: Any) -> Optional[int]:
-    if value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
-        raise ValueError(f"expected auto or a number of processes from 0 to 64, got {_show(value)}")
-    return value
-
-
-def _source(value: Any) -> str:
-    text = _string(value).lower()
-    if text not in sources.names():
-        raise ValueError(f"expected one of {', '.join(sources.names())}, got {_show(value)}")
-    return text
-
-
-def _on_ldap_error(value: Any) -> str:
-    text = _string(value).lower()
-    if text not in ("defer", "accept"):
-        raise ValueError(f"expected defer or accept, got {_show(value)}")
-    return text
-
-
-def _log_level(value: Any) -> str:
-    text = _string(value).lower()
-    if text not in ("debug", "info", "warning", "error"):
-        raise ValueError(f"expected debug, info, warning or error, got {_show(value)}")
-    return text
-
-
-def _log_target(value: Any) -> str:
-    text = _string(value)
-    if text not in ("stderr", "syslog") and not os.path.isabs(text):
-        raise ValueError(f"expected stderr, syslog or an absolute file path, got {text!r}")
-    return text
-
-
-def _smtp_text(kind: str) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        text = _string(value)
-        if not re.match(rf"^{kind}\d\d \S", text) or "\n" in text or "}" in text:
-            raise ValueError(f"expected an SMTP reply such as {kind}52 ... starting with {kind}xx, no newline or braces")
-        return text
-
-    return convert
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    return f"{type(value).__name__} {value!r}"
 
 
 # --------------------------------------------------------------------------- the schema
@@ -225,56 +48,56 @@ _FIELD_NAMES = {("ldap", "uri"): "uris"}
 
 _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
     "ldap": {
-        "uri": _uris,
-        "bind_dn": _optional_dn,
-        "bind_password_file": _optional_string,
-        "start_tls": _boolean,
-        "ca_file": _optional_string,
-        "base_dn": _dn,
-        "filter": _filter,
-        "status_dn": _optional_dn,
+        "uri": kinds.uris,
+        "bind_dn": kinds.optional_dn,
+        "bind_password_file": kinds.optional_string,
+        "start_tls": kinds.boolean,
+        "ca_file": kinds.optional_string,
+        "base_dn": kinds.dn,
+        "filter": kinds.ldap_filter,
+        "status_dn": kinds.optional_dn,
     },
     "accounts": {
-        "address_attribute": _attribute,
-        "quota_attribute": _optional_attribute,
-        "quota_unit": _quota_unit,
-        "default_quota": _default_quota,
-        "mailbox_attribute": _optional_attribute,
+        "address_attribute": kinds.attribute,
+        "quota_attribute": kinds.optional_attribute,
+        "quota_unit": kinds.quota_unit,
+        "default_quota": kinds.default_quota,
+        "mailbox_attribute": kinds.optional_attribute,
     },
     "mailboxes": {
-        "root": _directory_path,
-        "source": _source,
-        "path": _template,
-        "count_trash": _boolean,
-        "workers": _workers,
+        "root": kinds.directory_path,
+        "source": kinds.source,
+        "path": kinds.template,
+        "count_trash": kinds.boolean,
+        "workers": kinds.workers,
     },
     "policy": {
-        "over_percent": _percent,
-        "clear_percent": _percent,  # not given: equal to over_percent (no hysteresis)
+        "over_percent": kinds.percent,
+        "clear_percent": kinds.percent,  # not given: equal to over_percent (no hysteresis)
         "free_margin": parse_size,
         "max_changes": parse_change_limit,
     },
     "daemon": {
-        "pidfile": _directory_path,
+        "pidfile": kinds.directory_path,
         "interval": parse_duration,
         "account_refresh": parse_duration,
-        "watch": _boolean,
-        "user": _optional_string,
-        "group": _optional_string,
+        "watch": kinds.boolean,
+        "user": kinds.optional_string,
+        "group": kinds.optional_string,
         "debounce": parse_duration,
         "over_recheck": parse_duration,
         "poll_interval": parse_duration,
     },
     "logging": {
-        "target": _log_target,
-        "level": _log_level,
+        "target": kinds.log_target,
+        "level": kinds.log_level,
     },
     "mta": {
-        "bind_dn": _optional_dn,
-        "bind_password_file": _optional_string,
-        "on_ldap_error": _on_ldap_error,
-        "defer_text": _smtp_text("4"),
-        "fail_text": _smtp_text("5"),
+        "bind_dn": kinds.optional_dn,
+        "bind_password_file": kinds.optional_string,
+        "on_ldap_error": kinds.on_ldap_error,
+        "defer_text": kinds.smtp_text("4"),
+        "fail_text": kinds.smtp_text("5"),
     },
 }
 
@@ -361,7 +184,7 @@ def _plain_key(path: str, node: yaml.Node) -> str:
             f"{path}, line {node.start_mark.line + 1}: {shown!r} is not a plain key name "
             "(merge keys <<, tags and complex keys are not supported)"
         )
-    return node.value
+    return str(node.value)
 
 
 def _convert(located: _Located) -> Dict[str, Dict[str, Any]]:

@@ -25,6 +25,7 @@ import os
 import pwd
 import signal
 import sys
+from types import FrameType
 from typing import List, Optional, Tuple
 
 from ldapquota import log as logsetup
@@ -154,7 +155,7 @@ def _handler_fds(handler: logging.Handler) -> List[int]:
 
 
 def install_signal_handlers(service: Service) -> None:
-    def stop(signum, frame):
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
         service.request_stop()
 

@@ -44,8 +44,8 @@ class AccountEntry:
         found = attribute_values(self.attributes, name)
         if not found:
             return []
-        if all(type(value) is str for value in found):
-            return list(found) if not isinstance(found, list) else found  # type: ignore[arg-type,return-value]
+        if isinstance(found, list) and all(type(value) is str for value in found):
+            return found  # as the store gave it: no copy on the hot path
         return as_strings(found)
 
     def first(self, name: str) -> Optional[str]:

@@ -61,7 +61,7 @@ class PermissionDenied(LdapQuotaError):
 
 
 class SafetyRefusal(LdapQuotaError):
-    """A safety rule (SPEC §5) refused the run; nothing was written. ``--force`` overrides."""
+    """A safety rule (docs/contract.md §5) refused the run; nothing was written. ``--force`` overrides."""
 
     exit_code = EX_TEMPFAIL
 

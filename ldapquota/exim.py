@@ -1,4 +1,4 @@
-"""``ldapquota --exim-config``: the Exim side of ldapquota, rendered from the config (SPEC §8).
+"""``ldapquota --exim-config``: the Exim side of ldapquota, rendered from the config (docs/contract.md §8).
 
 The output is three blocks, each opened by a line ``# ldapquota: NAME`` and closed by a line
 ``# ldapquota end: NAME``, to be pasted into the matching part of an existing Exim
@@ -48,15 +48,15 @@ import re
 from typing import Dict, List, Sequence, Tuple
 from urllib.parse import urlsplit
 
-from ldapquota.settings import Config
 from ldapquota.errors import ConfigError
+from ldapquota.settings import Config
 
 BLOCK_NAMES: Tuple[str, ...] = ("main", "acl_smtp_rcpt", "routers")
 START_MARKER = "# ldapquota: {}"
 END_MARKER = "# ldapquota end: {}"
 MODES = ("defer", "fail")
 
-#: The attributes the lookup asks for (SPEC §3), before the address attribute. Both checks
+#: The attributes the lookup asks for (docs/contract.md §3), before the address attribute. Both checks
 #: ask for all of them, so that they share one query text and therefore Exim's lookup
 #: cache. The address attribute is asked for too: every matching entry has it, so the
 #: lookup finds an account even when it carries no quota attributes, and an account
@@ -72,7 +72,7 @@ def attributes(config: Config) -> Tuple[str, ...]:
 MACRO_QUERY = "LDAPQUOTA_QUERY"
 MACRO_FLAG_ACL = "LDAPQUOTA_OVER_ACL"
 
-#: Time budget (seconds) for the LDAP lookups of one RCPT when the directory hangs; SPEC §8
+#: Time budget (seconds) for the LDAP lookups of one RCPT when the directory hangs; docs/contract.md §8
 #: wants the 4xx within 10 s. NETTIME applies per server tried and per lookup.
 _HANG_BUDGET = 8
 _MAX_NETTIME = 3
@@ -353,7 +353,7 @@ def split_blocks(text: str) -> Dict[str, str]:
         blocks[current].append(line)
         if _marker(line, END_MARKER) == current:
             current = None
-    for name, lines in blocks.items():
+    for lines in blocks.values():
         while lines and not lines[-1].strip():
             lines.pop()
     return {name: "\n".join(lines) + "\n" for name, lines in blocks.items()}

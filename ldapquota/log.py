@@ -29,7 +29,8 @@ def make_handler(target: str) -> logging.Handler:
     return handler
 
 
-def configure(target: str = "stderr", level: str = "info", verbosity: int = 0, handler: Optional[logging.Handler] = None) -> logging.Handler:
+def configure(target: str = "stderr", level: str = "info", verbosity: int = 0,
+              handler: Optional[logging.Handler] = None) -> logging.Handler:
     """Route the ``ldapquota`` loggers to one handler. ``verbosity``: -1 quiet, +1 debug."""
     root = logging.getLogger("ldapquota")
     for old in list(root.handlers):

@@ -59,7 +59,7 @@ def _make_openat2() -> Optional[Callable[[int, str, int], int]]:
         if fd < 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), path)
-        return fd
+        return int(fd)
 
     # Kernels before 5.6 (and some sandboxes) answer ENOSYS: use the portable way then.
     probe_fd = os.open("/", _DIR_FLAGS)
@@ -280,7 +280,7 @@ def _folders(fd: int, path: str, count_trash: bool) -> Iterator[str]:
         yield name
 
 
-def _is_real_dir(entry: os.DirEntry) -> bool:
+def _is_real_dir(entry: "os.DirEntry[str]") -> bool:
     try:
         return entry.is_dir(follow_symlinks=False)
     except OSError:

@@ -1,7 +1,7 @@
 """The Maildir++ ``maildirsize`` file: parsing and the "recalculate?" rules (pure, no I/O).
 
 Rules (Courier's README.maildirquota, as Exim's tf_maildir.c and Dovecot's quota-maildir.c
-apply them; see facts.md §1):
+apply them; see docs/maildir-and-mta-facts.md §1):
 
 * line 1 is the quota definition (``10000000S,1000C``); every later line is ``<bytes> <count>``,
   possibly padded with whitespace (Courier pads lines to 14 bytes);

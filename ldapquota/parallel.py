@@ -82,7 +82,7 @@ def evaluate_all(
     # The LDAP password does not cross to the workers: measuring does not need it.
     settings = dataclasses.replace(config, ldap=dataclasses.replace(config.ldap, bind_password=None))
     with context.Pool(workers, initializer=_start_worker, initargs=(settings,)) as pool:
-        pending: Deque["multiprocessing.pool.AsyncResult[BatchResult]"] = deque()
+        pending: Deque[multiprocessing.pool.AsyncResult[BatchResult]] = deque()
         for batch in itertools.chain([first], batches):
             # Plain dicts pickle; ldap3's case-insensitive dict is a class of its own.
             plain = [AccountEntry(entry.dn, dict(entry.attributes)) for entry in batch]

@@ -60,7 +60,7 @@ class PathTemplate:
     def needs_address(self) -> bool:
         return any(isinstance(p, _Field) and p.name != "attr" for p in self.parts)
 
-    def render(self, address: Optional[str], attributes: Mapping[str, Sequence[str]]) -> str:
+    def render(self, address: Optional[str], attributes: Mapping[str, Sequence[object]]) -> str:
         """The relative path for one account. Raises ValueError when a value is missing or
         could step out of its path component (``/``, NUL, ``.``/``..``)."""
         out = []
@@ -99,7 +99,7 @@ def _parse_field(body: str) -> _Field:
     )
 
 
-def _field_value(field: _Field, address: Optional[str], attributes: Mapping[str, Sequence[str]]) -> str:
+def _field_value(field: _Field, address: Optional[str], attributes: Mapping[str, Sequence[object]]) -> str:
     if field.name == "attr":
         assert field.attribute is not None
         values = attribute_values(attributes, field.attribute)

@@ -1,7 +1,7 @@
 """Limits, usage and the over-quota decision (pure, no I/O).
 
 Everything that decides whether a mailbox is over quota lives here, so that the rules of
-SPEC §4 and §5 can be read, and tested, in one place.
+docs/contract.md §4 and §5 can be read, and tested, in one place.
 """
 
 import functools
@@ -107,7 +107,7 @@ def exact_percent(value: Union[int, float, str, Fraction]) -> Union[int, Fractio
 
 @dataclass(frozen=True)
 class Policy:
-    """The thresholds of SPEC §5 (from ``policy:`` in the config).
+    """The thresholds of docs/contract.md §5 (from ``policy:`` in the config).
 
     Percentages are exact fractions, so the comparison at a 10**18-byte limit is exact too.
     """

@@ -7,6 +7,7 @@ A field without a default is a required key.
 """
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Optional, Tuple
 
 from ldapquota.paths import PathTemplate
@@ -52,7 +53,7 @@ class PolicyConfig:
     over_percent: Percent = 100
     clear_percent: Percent = 100  # when the file does not say: equal to over_percent
     free_margin: int = 50 * 1024**2
-    max_changes: ChangeLimit = ChangeLimit(percent=10)
+    max_changes: ChangeLimit = ChangeLimit(percent=Fraction(10))
 
     @property
     def thresholds(self) -> Policy:

@@ -22,7 +22,8 @@ def _describe_accounts(config: Config, directory: FlagStore, address: str, evalu
     entries = directory.find_accounts(address, evaluator.attributes)
     if not entries:
         shown = address if address.isprintable() else repr(address)
-        return [f"no account with {config.accounts.address_attribute}={shown} under {config.ldap.base_dn} matching {config.ldap.filter}"], EX_PARTIAL
+        where = f"under {config.ldap.base_dn} matching {config.ldap.filter}"
+        return [f"no account with {config.accounts.address_attribute}={shown} {where}"], EX_PARTIAL
     lines: List[str] = []
     code = EX_OK
     if len(entries) > 1:

@@ -74,6 +74,10 @@ class SyncReport:
     seconds: float = 0.0
     refused: Optional[str] = None
     changes: List[Change] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic, repr=False)
+
+    def finish(self) -> None:
+        self.seconds = time.monotonic() - self.started
 
     @property
     def unchanged(self) -> int:
@@ -88,6 +92,16 @@ class SyncReport:
         )
 
 
+@dataclass(frozen=True)
+class SyncOptions:
+    dry_run: bool = False
+    force: bool = False
+    progress: Optional[Callable[[int], None]] = None
+    on_change: Optional[Callable[[Change], None]] = None  # dry run: shows each change
+    now: Callable[[], float] = time.time
+    workers: Optional[int] = None
+
+
 def run_sync(
     config: Config,
     directory: FlagStore,
@@ -96,7 +110,7 @@ def run_sync(
     dry_run: bool = False,
     force: bool = False,
     progress: Optional[Callable[[int], None]] = None,
-    on_change: Optional[Callable[[Change], None]] = None,  # dry run: shows each change
+    on_change: Optional[Callable[[Change], None]] = None,
     now: Callable[[], float] = time.time,
     workers: Optional[int] = None,
 ) -> SyncReport:
@@ -105,53 +119,69 @@ def run_sync(
 
     ``workers``: processes that measure while this one reads LDAP (None: as
     ``mailboxes.workers`` says; 0: measure here, in this process)."""
+    options = SyncOptions(dry_run, force, progress, on_change, now, workers)
     if source is not None:
-        return _run_sync(config, directory, source, dry_run, force, progress, on_change, now, workers)
+        return _run_sync(config, directory, source, options)
     own = open_source(config)
     try:
-        return _run_sync(config, directory, own, dry_run, force, progress, on_change, now, workers)
+        return _run_sync(config, directory, own, options)
     finally:
         own.close()
 
 
-def _run_sync(
-    config: Config,
-    directory: FlagStore,
-    source: UsageSource,
-    dry_run: bool,
-    force: bool,
-    progress: Optional[Callable[[int], None]],
-    on_change: Optional[Callable[["Change"], None]],
-    now: Callable[[], float],
-    workers: Optional[int],
-) -> SyncReport:
-    started = time.monotonic()
+def _run_sync(config: Config, directory: FlagStore, source: UsageSource, options: SyncOptions) -> SyncReport:
     report = SyncReport()
-    if force:
+    if options.force:
         try:
             source.check_ready()
         except SafetyRefusal as exc:
             log.warning("%s (--force given: going on)", exc)
     else:
         source.check_ready()
+    _measure(config, directory, source, options, report)
+    # The search came back complete (search_accounts raises otherwise): now the rules.
+    _check_rules(config, options, report)
+    _write(directory, options, report)
+    if options.dry_run:
+        _count_planned(report)
+    if config.ldap.status_dn and not options.dry_run:
+        try:
+            directory.write_sync_time(config.ldap.status_dn, options.now())
+        except EntryWriteError as exc:
+            report.errors += 1
+            log.error("%s", exc)
+    report.finish()
+    return report
 
+
+def _measure(config: Config, directory: FlagStore, source: UsageSource, options: SyncOptions, report: SyncReport) -> None:
+    """Every account read and measured; only what needs attention is kept."""
     attributes = wanted_attributes(config.accounts, source.attributes)
     entries = directory.search_accounts(attributes)
+    workers = options.workers
     if workers is None:
         workers = default_workers() if config.mailboxes.workers is None else config.mailboxes.workers
-    for batch in evaluate_all(config, entries, workers=workers, now=now, source=source):
+    for batch in evaluate_all(config, entries, workers=workers, now=options.now, source=source):
         report.accounts += batch.accounts
         report.over += batch.over
         for evaluation in batch.notable:
             _record(report, evaluation)
-        if progress:
-            progress(report.accounts)
+        if options.progress:
+            options.progress(report.accounts)
+    if report.accounts >= 10 and report.no_mailbox * 2 > report.accounts:
+        log.warning(
+            "%d of %d accounts have no maildir: check mailboxes.root and mailboxes.path (%s)",
+            report.no_mailbox, report.accounts, config.mailboxes.path.text,
+        )
 
-    if report.accounts == 0 and not force:
+
+def _check_rules(config: Config, options: SyncOptions, report: SyncReport) -> None:
+    """docs/contract.md §5: no account at all, or too many flips, and nothing is written."""
+    if report.accounts == 0 and not options.force:
         # A filter with a typo, or an ACL hiding the accounts, looks exactly like this; a
         # "successful" sync would also refresh quotaSyncTime over stale flags.
         report.refused = "the search matched no account"
-        report.seconds = time.monotonic() - started
+        report.finish()
         raise _with_report(
             SafetyRefusal(
                 f"the search of {config.ldap.base_dn} for {config.ldap.filter} matched no account "
@@ -160,36 +190,33 @@ def _run_sync(
             ),
             report,
         )
-    if report.accounts >= 10 and report.no_mailbox * 2 > report.accounts:
-        log.warning(
-            "%d of %d accounts have no maildir: check mailboxes.root and mailboxes.path (%s)",
-            report.no_mailbox, report.accounts, config.mailboxes.path.text,
-        )
-
-    # The search came back complete (search_accounts raises otherwise): now the rules.
     flips = sum(1 for change in report.changes if change.flip)
     allowed = config.policy.max_changes.allowed(report.accounts)
-    if flips > allowed:
-        message = (
-            f"this run would flip isOverQuota on {flips} of {report.accounts} accounts, more than "
-            f"policy.max_changes ({config.policy.max_changes}, {allowed} here)"
-        )
-        if not force:
-            report.refused = message
-            report.seconds = time.monotonic() - started
-            if dry_run:
-                for change in report.changes:
-                    (on_change or _log_change)(change)
-            _count_planned(report)  # what a forced run would do; nothing was written
-            raise _with_report(
-                SafetyRefusal(message + "; nothing written. Check the mail store and LDAP, then run with --force if this is right"),
-                report,
-            )
+    if flips <= allowed:
+        return
+    message = (
+        f"this run would flip isOverQuota on {flips} of {report.accounts} accounts, more than "
+        f"policy.max_changes ({config.policy.max_changes}, {allowed} here)"
+    )
+    if options.force:
         log.warning("%s (--force given: writing anyway)", message)
+        return
+    report.refused = message
+    report.finish()
+    if options.dry_run:
+        for change in report.changes:
+            (options.on_change or _log_change)(change)
+    _count_planned(report)  # what a forced run would do; nothing was written
+    raise _with_report(
+        SafetyRefusal(message + "; nothing written. Check the mail store and LDAP, then run with --force if this is right"),
+        report,
+    )
 
+
+def _write(directory: FlagStore, options: SyncOptions, report: SyncReport) -> None:
     for change in report.changes:
-        if dry_run:
-            (on_change or _log_change)(change)
+        if options.dry_run:
+            (options.on_change or _log_change)(change)
             continue
         try:
             directory.write_state(change.dn, change.old, change.new, change.has_class)
@@ -203,8 +230,8 @@ def _run_sync(
         except LdapQuotaError as exc:
             # The directory went away (or refused) part-way: what was written stays
             # written (each write is right on its own); say how far the run got.
-            report.seconds = time.monotonic() - started
-            raise _with_report(exc, report)
+            report.finish()
+            raise _with_report(exc, report) from None
         report.writes += 1
         if change.flip:
             if change.new.over:
@@ -212,17 +239,6 @@ def _run_sync(
             else:
                 report.cleared += 1
         _log_change(change)
-
-    if dry_run:
-        _count_planned(report)
-    if config.ldap.status_dn and not dry_run:
-        try:
-            directory.write_sync_time(config.ldap.status_dn, now())
-        except EntryWriteError as exc:
-            report.errors += 1
-            log.error("%s", exc)
-    report.seconds = time.monotonic() - started
-    return report
 
 
 def _count_planned(report: SyncReport) -> None:

@@ -83,7 +83,10 @@ class ChangeLimit:
         return math.floor(accounts * self.percent / 100)
 
     def __str__(self) -> str:
-        return f"{self.count}" if self.count is not None else f"{float(self.percent):g}%"
+        if self.count is not None:
+            return f"{self.count}"
+        assert self.percent is not None
+        return f"{float(self.percent):g}%"
 
 
 def parse_change_limit(value: Union[int, str]) -> ChangeLimit:

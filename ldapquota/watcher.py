@@ -19,13 +19,9 @@ directory says nothing at all, so each watch remembers the device and inode it i
 directory now (the service calls ``add()`` after each measurement, and during full syncs
 for what ``mode()`` does not call "watch"). Paths watched again are reported changed.
 
-Mailboxes that cannot be watched are polled: ``watch: false`` in the config (NFS, where
-inotify never sees other hosts' changes), a maildir that does not exist yet, or the
-kernel's watch limit (``fs.inotify.max_user_watches``) reached — said once, loudly.
-Polling is spread over ``poll_interval`` in small slices and costs one ``stat`` of
-``maildirsize`` per mailbox and round (for a maildir without one: ``stat`` of the
-maildir, and for a deep one a listing of it and ``stat`` of ``new/``, ``cur/`` of it and
-of each folder).
+Mailboxes that cannot be watched are polled (:mod:`ldapquota.maildir_poll`): ``watch:
+false`` in the config (NFS, where inotify never sees other hosts' changes), a maildir that
+does not exist yet, or the kernel's watch limit reached — said once, loudly.
 
 Paths are opaque keys here; what a change means is the service's business. A queue
 overflow (events lost) is reported so the caller can fall back on a full sync.
@@ -34,22 +30,21 @@ overflow (events lost) is reported so the caller can fall back on a full sync.
 import errno
 import logging
 import os
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ldapquota.schedule import slice_size
+from ldapquota.maildir_poll import DEEP_PARTS, MAILDIRSIZE, StatPoller, folders, identity, is_folder, max_user_watches, signature
 
 try:  # pragma: no cover - the import itself is what is tested
-    from inotify_simple import INotify, flags as _flags
+    from inotify_simple import INotify
+    from inotify_simple import flags as _flags
 except ImportError:  # non-Linux: polling only
-    INotify = None  # type: ignore[assignment,misc]
-    _flags = None  # type: ignore[assignment]
+    INotify = None
+    _flags = None
 
 log = logging.getLogger(__name__)
 
-MAILDIRSIZE = "maildirsize"
-DEEP_PARTS = ("new", "cur")
+__all__ = ["DEEP_PARTS", "MAILDIRSIZE", "Changes", "Watcher", "max_user_watches", "signature"]
 
 if _flags is not None:
     _ONLYDIR = _flags.ONLYDIR | _flags.EXCL_UNLINK
@@ -92,77 +87,11 @@ class _Watch:
         self.subs: Dict[str, int] = {}
 
 
-def _identity(path: str) -> Optional[Tuple[int, int]]:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino)
-
-
-def _is_folder(name: str) -> bool:
-    return name.startswith(".") and name not in (".", "..")
-
-
-def _folders(path: str) -> List[str]:
-    """The ``.Folder`` directories of a maildir (symlinks are not followed, as in the walk)."""
-    names = []
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if _is_folder(entry.name):
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            names.append(entry.name)
-                    except OSError:
-                        pass
-    except OSError:
-        return []
-    return sorted(names)
-
-
-def max_user_watches() -> Optional[int]:
-    try:
-        with open("/proc/sys/fs/inotify/max_user_watches") as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _mtime(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError as exc:
-        return -(exc.errno or 1)
-
-
-def signature(path: str, deep: bool) -> Tuple[object, ...]:
-    """What polling compares: ``maildirsize``'s inode, size and mtime; for a maildir
-    without one (or a deep one), the mtimes of the directory (and of ``new/``, ``cur/``,
-    and ``new/``, ``cur/`` of every ``.Folder``: one listing and two ``stat`` per folder)."""
-    try:
-        info = os.stat(os.path.join(path, MAILDIRSIZE))
-        size_file: object = (info.st_ino, info.st_size, info.st_mtime_ns)
-    except FileNotFoundError:
-        size_file = None
-    except OSError as exc:
-        size_file = ("error", exc.errno)
-    if size_file is not None and not deep:
-        return (size_file,)
-    times: List[object] = [_mtime(path)]
-    if deep:
-        for folder in [""] + _folders(path):
-            times.append((folder,) + tuple(_mtime(os.path.join(path, folder, sub)) for sub in DEEP_PARTS))
-    return (size_file, tuple(times))
-
-
 class Watcher:
     """Tells which watched maildir paths changed, by inotify or by polling."""
 
     def __init__(self, use_inotify: bool = True, poll_interval: float = 30.0, poll_step: float = 1.0,
-                 inotify_factory=None):
-        self.poll_interval = poll_interval
-        self.poll_step = poll_step
+                 inotify_factory: Optional[Callable[..., Any]] = None):
         self._inotify = None
         self.inotify_error: Optional[str] = None
         if use_inotify:
@@ -179,15 +108,20 @@ class Watcher:
                 log.warning("%s; every mailbox is polled every %gs instead", self.inotify_error, poll_interval)
         self._wds: Dict[int, List[Tuple[str, str]]] = {}  # wd → [(path, part)]; part "" = the maildir
         self._watched: Dict[str, _Watch] = {}
-        self._polled: Dict[str, List[object]] = {}  # path → [signature, deep, token]
-        self._poll_queue: Deque[Tuple[str, int]] = deque()
-        self._token = 0
+        self.poller = StatPoller(poll_interval, poll_step)
         self._limit_reached = False  # the kernel's watch limit: stop trying until reset
         self._limit_warned = False
         self._healed: Set[str] = set()  # re-watched paths: reported changed by the next read()
-        self.next_poll_at: Optional[float] = None
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def next_poll_at(self) -> Optional[float]:
+        return self.poller.next_poll_at
+
+    @property
+    def poll_interval(self) -> float:
+        return self.poller.interval
 
     @property
     def uses_inotify(self) -> bool:
@@ -199,7 +133,7 @@ class Watcher:
 
     @property
     def polled_count(self) -> int:
-        return len(self._polled)
+        return len(self.poller)
 
     def mode(self, path: str) -> Optional[str]:
         """How ``path`` is followed: "watch" (inotify on the directory it names now),
@@ -208,8 +142,8 @@ class Watcher:
         ``stat`` for a watched path."""
         watch = self._watched.get(path)
         if watch is not None:
-            return "watch" if _identity(path) == watch.ident else "stale"
-        if path in self._polled:
+            return "watch" if identity(path) == watch.ident else "stale"
+        if path in self.poller:
             return "poll"
         return None
 
@@ -222,8 +156,7 @@ class Watcher:
             self._inotify = None
         self._wds.clear()
         self._watched.clear()
-        self._polled.clear()
-        self._poll_queue.clear()
+        self.poller.clear()
         self._healed.clear()
 
     def retry_limit(self) -> None:
@@ -241,14 +174,14 @@ class Watcher:
         reported changed by the next ``read()``."""
         current = self._watched.get(path)
         if current is not None:
-            if _identity(path) == current.ident:
+            if identity(path) == current.ident:
                 if current.deep != deep or deep:
                     self._set_depth(path, current, deep, report=True)
                 return "watch" if path in self._watched else "poll"
             self._drop(path)  # on a directory that moved away
             self._healed.add(path)
         if self._inotify is not None and not self._limit_reached:
-            ident = _identity(path)
+            ident = identity(path)
             try:
                 if ident is None:
                     raise OSError(errno.ENOENT, "No such file or directory")
@@ -262,7 +195,7 @@ class Watcher:
                 watch = _Watch(wd, ident, False)
                 self._watched[path] = watch
                 self._own(wd, path, "")
-                self._polled.pop(path, None)
+                self.poller.remove(path)
                 if deep:
                     self._set_depth(path, watch, True, report=False)
                 return "watch" if path in self._watched else "poll"
@@ -271,7 +204,7 @@ class Watcher:
 
     def remove(self, path: str) -> None:
         self._drop(path)
-        self._polled.pop(path, None)
+        self.poller.remove(path)
         self._healed.discard(path)
 
     def _drop(self, path: str) -> None:
@@ -294,7 +227,7 @@ class Watcher:
             return
         watch.deep = True
         added = False
-        for folder in [""] + _folders(path):
+        for folder in [""] + folders(path):
             result = self._fill(path, watch, folder)
             if result is None:
                 return  # polled now
@@ -378,15 +311,7 @@ class Watcher:
                     pass  # already gone (directory removed): the kernel dropped it
 
     def _poll(self, path: str, deep: bool, now: Optional[float]) -> None:
-        entry = self._polled.get(path)
-        if entry is not None:
-            entry[1] = deep
-            return
-        self._token += 1
-        self._polled[path] = [signature(path, deep), deep, self._token]
-        self._poll_queue.append((path, self._token))
-        if self.next_poll_at is None:
-            self.next_poll_at = (now or 0.0) + self.poll_step
+        self.poller.add(path, deep, now)
 
     def _watch_limit_reached(self) -> None:
         self._limit_reached = True
@@ -425,41 +350,49 @@ class Watcher:
         if mask & _UNMOUNT:
             changes.unmounted = True
         if mask & _IGNORED:
-            # The kernel removed the watch: directory deleted, or unmounted.
-            del self._wds[wd]
-            for path, part in list(owners):
-                watch = self._watched.get(path)
-                if watch is None:
-                    continue
-                if part == "":
-                    # The maildir itself is gone: drop its other watches, poll for its return.
-                    if watch.root == wd:
-                        del self._watched[path]
-                        for sub, other in watch.subs.items():
-                            self._disown(other, path, sub)
-                        self._poll(path, watch.deep, None)
-                elif watch.subs.get(part) == wd:
-                    del watch.subs[part]
-                changes.paths.add(path)
-            return
-        if mask & _MOVE_SELF:
-            # Renamed: the watch follows the directory, which the path no longer names.
-            # No IN_IGNORED comes; watch what the path names now (or poll it).
-            for path, part in list(owners):
-                watch = self._watched.get(path)
-                if watch is None:
-                    continue
-                changes.paths.add(path)
-                if part == "":
-                    self._drop(path)
-                    self._healed.discard(path)
-                    self.add(path, watch.deep)
-                elif watch.subs.get(part) == wd:
-                    self._unwatch(path, watch, part)
-                    if part in DEEP_PARTS or os.path.dirname(part):
-                        self._fill(path, watch, os.path.dirname(part))  # new/ or cur/ replaced
-                    # (a .Folder watched itself: the maildir's watch sees where it went)
-            return
+            self._watch_removed(wd, owners, changes)
+        elif mask & _MOVE_SELF:
+            self._moved(wd, owners, changes)
+        else:
+            self._entries(mask, name, owners, changes)
+
+    def _watch_removed(self, wd: int, owners: List[Tuple[str, str]], changes: Changes) -> None:
+        """The kernel removed the watch: directory deleted, or unmounted."""
+        del self._wds[wd]
+        for path, part in list(owners):
+            watch = self._watched.get(path)
+            if watch is None:
+                continue
+            if part == "":
+                # The maildir itself is gone: drop its other watches, poll for its return.
+                if watch.root == wd:
+                    del self._watched[path]
+                    for sub, other in watch.subs.items():
+                        self._disown(other, path, sub)
+                    self._poll(path, watch.deep, None)
+            elif watch.subs.get(part) == wd:
+                del watch.subs[part]
+            changes.paths.add(path)
+
+    def _moved(self, wd: int, owners: List[Tuple[str, str]], changes: Changes) -> None:
+        """Renamed: the watch follows the directory, which the path no longer names. No
+        IN_IGNORED comes; watch what the path names now (or poll it)."""
+        for path, part in list(owners):
+            watch = self._watched.get(path)
+            if watch is None:
+                continue
+            changes.paths.add(path)
+            if part == "":
+                self._drop(path)
+                self._healed.discard(path)
+                self.add(path, watch.deep)
+            elif watch.subs.get(part) == wd:
+                self._unwatch(path, watch, part)
+                if part in DEEP_PARTS or os.path.dirname(part):
+                    self._fill(path, watch, os.path.dirname(part))  # new/ or cur/ replaced
+                # (a .Folder watched itself: the maildir's watch sees where it went)
+
+    def _entries(self, mask: int, name: str, owners: List[Tuple[str, str]], changes: Changes) -> None:
         for path, part in list(owners):
             watch = self._watched.get(path)
             if watch is None:
@@ -473,7 +406,7 @@ class Watcher:
                     self._fill(path, watch, part)
             elif mask & _SELF_GONE or name == MAILDIRSIZE:
                 changes.paths.add(path)
-            elif watch.deep and mask & _ENTRY_EVENTS and mask & _ISDIR and (name in DEEP_PARTS or _is_folder(name)):
+            elif watch.deep and mask & _ENTRY_EVENTS and mask & _ISDIR and (name in DEEP_PARTS or is_folder(name)):
                 # new/, cur/ or a .Folder of a deep maildir appeared or went.
                 changes.paths.add(path)
                 if name in DEEP_PARTS:
@@ -489,28 +422,4 @@ class Watcher:
 
     def poll(self, now: float) -> Set[str]:
         """``stat`` the next slice of polled paths; those whose signature changed."""
-        changed: Set[str] = set()
-        live = len(self._polled)
-        if not live:
-            self._poll_queue.clear()
-            self.next_poll_at = None
-            return changed
-        budget = slice_size(live, self.poll_interval, self.poll_step)
-        looked = 0
-        # Stale queue items (removed or re-added paths) do not count against the budget,
-        # but the loop ends after one lap at most.
-        for _ in range(len(self._poll_queue)):
-            if looked >= budget:
-                break
-            path, token = self._poll_queue.popleft()
-            entry = self._polled.get(path)
-            if entry is None or entry[2] != token:
-                continue
-            looked += 1
-            new = signature(path, bool(entry[1]))
-            if new != entry[0]:
-                entry[0] = new
-                changed.add(path)
-            self._poll_queue.append((path, token))
-        self.next_poll_at = now + self.poll_step if self._polled else None
-        return changed
+        return self.poller.poll(now)

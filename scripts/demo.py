@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import config_dict, make_maildir, maildirsize_text, write_config  # noqa: E402
+from helpers import config_dict, maildirsize_text, make_maildir, write_config  # noqa: E402
 from servers.exim import Exim, give_to, secret_for_exim  # noqa: E402
 from servers.slapd import Slapd  # noqa: E402
 

@@ -29,7 +29,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from servers.slapd import Slapd, requires, requires_slapd  # noqa: E402,F401  (requires: for other fixtures)
+from servers.slapd import Slapd, requires, requires_slapd  # noqa: E402  (requires: for other fixtures)
 
 _FAILED = pytest.StashKey[bool]()
 _KEPT = pytest.StashKey["list[str]"]()

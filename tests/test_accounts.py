@@ -1,4 +1,4 @@
-"""From an LDAP entry to address, limit and mailbox (SPEC §4); entry state; filter escaping."""
+"""From an LDAP entry to address, limit and mailbox (docs/contract.md §4); entry state; filter escaping."""
 
 import re
 
@@ -8,7 +8,10 @@ from hypothesis import strategies as st
 
 from ldapquota.accounts import Account, account_from_entry, wanted_attributes
 from ldapquota.entry import AccountEntry
+from ldapquota.errors import AccountError
 from ldapquota.ldap.syntax import account_filter, escape_value
+from ldapquota.paths import PathTemplate
+from ldapquota.quota import UNLIMITED, Limit, QuotaState
 from ldapquota.settings import (
     AccountsConfig,
     Config,
@@ -20,9 +23,6 @@ from ldapquota.settings import (
     PolicyConfig,
 )
 from ldapquota.sources.maildir import Source
-from ldapquota.errors import AccountError
-from ldapquota.paths import PathTemplate
-from ldapquota.quota import UNLIMITED, Limit, QuotaState
 
 DN = "uid=bob,ou=people,dc=example,dc=org"
 ACCOUNTS = AccountsConfig(address_attribute="mail", quota_attribute="mailQuota", quota_unit=1)

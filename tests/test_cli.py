@@ -8,9 +8,7 @@ import sys
 import time
 
 import pytest
-
-from helpers import REPO, config_dict, make_maildir, maildirsize_text, run_cli, write_config
-
+from helpers import REPO, config_dict, maildirsize_text, make_maildir, run_cli, write_config
 
 # --------------------------------------------------------------------------- no server needed
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from helpers import REPO, config_dict, make_maildir, maildirsize_text, run_cli, write_config
+from helpers import REPO, config_dict, maildirsize_text, make_maildir, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +49,7 @@ class DaemonProcess:
         env = dict(os.environ)
         env.pop("LDAPQUOTA_CONFIG", None)
         env.pop("JOURNAL_STREAM", None)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ldapquota", "-c", str(self.config_path), *self.extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(REPO), env=env,
@@ -91,7 +90,7 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"daemon did not stop within {timeout}s on SIGTERM:\n{self.log()}")
+            raise AssertionError(f"daemon did not stop within {timeout}s on SIGTERM:\n{self.log()}") from None
         finally:
             self._log.close()
 

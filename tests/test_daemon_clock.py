@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, config_dict, write_config
 from test_daemon import FAST, mailbox, wait_flag, wait_until
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Tuple
 
 import pytest
+from helpers import REPO, config_dict, run_cli, write_config
+from servers.exim import Exim, give_to, rcpt, secret_for_exim
 
 from ldapquota.exim import replace_blocks, split_blocks
-from servers.exim import Exim, give_to, rcpt, secret_for_exim
-from helpers import REPO, config_dict, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -274,7 +274,7 @@ def timed(exim: Exim, recipient: str, size: int | None = None) -> Tuple[int, str
 def test_quota_directory_down_or_hung(accounts, make_exim, dead_uri, hung_server):
     """Only the ldapquota lookups fail (the mailbox router still works): fail closed gives
     451 for everyone in both modes, fail open gives 250 for everyone; never 5xx; and a
-    hung directory is answered well within the 10 s of SPEC §8."""
+    hung directory is answered well within the 10 s of docs/contract.md §8."""
     jobs = {}
     for broken, uri in (("refused", dead_uri), ("hung", hung_server.uri)):
         for mode, on_ldap_error in VARIANTS:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import REPO, run_cli
 
 from ldapquota.config import parse_config
 from ldapquota.exim import (
@@ -18,7 +19,6 @@ from ldapquota.exim import (
     split_blocks,
     url_encode,
 )
-from helpers import REPO, run_cli
 
 PASSWORD = "s3cret-Pa55-that-must-never-show"
 
@@ -76,7 +76,7 @@ def test_replace_blocks_swaps_regions_and_insists_on_all(config):
     out = replace_blocks(skeleton, rendered)
     assert "OLDSTUFF" not in out and out.startswith("a\n") and "\nb\n" in out and "\nc\n" in out
     assert split_blocks(out) == rendered
-    empty = replace_blocks(skeleton, {name: "" for name in BLOCK_NAMES})
+    empty = replace_blocks(skeleton, dict.fromkeys(BLOCK_NAMES, ""))
     assert empty == "a\nb\nc\n"
     with pytest.raises(ValueError):
         replace_blocks("a\n", rendered)
@@ -172,7 +172,7 @@ def test_short_network_and_search_timeouts(tmp_path):
         mta="on_ldap_error: accept",
     )
     # Three servers tried in turn, two lookups (router and ACL) in fail-open mode: the
-    # worst case must stay under SPEC's 10 s.
+    # worst case must stay under the 10 s of docs/contract.md §8.
     seconds = nettime(many)
     assert seconds * 3 * 2 <= 10
     query = render_query(many)

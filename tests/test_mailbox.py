@@ -1,4 +1,4 @@
-"""Measuring real maildirs on disk (SPEC §4; facts.md §1.2-§1.5). No servers.
+"""Measuring real maildirs on disk (docs/contract.md §4; docs/maildir-and-mta-facts.md §1.2-§1.5). No servers.
 
 Every expected usage is computed here from the files the test itself creates.
 """
@@ -20,6 +20,7 @@ import ldapquota.mailbox as mailbox_module
 from ldapquota.errors import MeasureError
 from ldapquota.mailbox import Measurement, measure, walk
 from ldapquota.quota import UNLIMITED, Limit, Policy, Usage, exceeds_over_threshold
+
 
 def says_over(usage: Usage, limit: Limit) -> bool:
     return exceeds_over_threshold(usage, limit, Policy())
@@ -538,7 +539,7 @@ def open_root():
     path = Path(os.path.realpath(base))
     yield path
     os.chmod(path, 0o755)
-    for directory, dirs, files in os.walk(path):
+    for directory, dirs, _files in os.walk(path):
         for name in dirs:  # before os.walk descends into them
             os.chmod(os.path.join(directory, name), 0o755)
     shutil.rmtree(path)
@@ -549,7 +550,7 @@ def _readable_tree(root: Path) -> Path:
     put(md / "cur", "m1", 100)
     make_maildir(md / ".Sent")
     put(md / ".Sent" / "cur", "m2", 20)
-    for directory, dirs, files in os.walk(root):
+    for directory, _dirs, files in os.walk(root):
         os.chmod(directory, 0o755)
         for name in files:
             os.chmod(os.path.join(directory, name), 0o644)

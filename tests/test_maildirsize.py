@@ -1,4 +1,4 @@
-"""The ``maildirsize`` parser and the "distrust an over verdict" rule (facts.md §1.1, §1.2).
+"""The ``maildirsize`` parser and the "distrust an over verdict" rule (docs/maildir-and-mta-facts.md §1.1, §1.2).
 
 Expected values are written by hand (or computed here from the lines the test itself
 builds), never taken from the code under test.
@@ -56,7 +56,7 @@ def test_exim_appended_delivery_lines_are_summed():
 
 
 def test_dovecot_verified_file():
-    # facts.md §1.7: with quota_rule = *:storage=1M Dovecot wrote exactly this.
+    # docs/maildir-and-mta-facts.md §1.7: with quota_rule = *:storage=1M Dovecot wrote exactly this.
     good(parse_maildirsize(b"1048576S\n5320 3\n"), Limit(1048576, None), Usage(5320, 3), 1)
 
 

@@ -1,11 +1,11 @@
 """Measuring in worker processes gives exactly what measuring in-process gives."""
 
 import pytest
+from helpers import maildirsize_text, make_maildir
 
 from ldapquota.config import parse_config
 from ldapquota.entry import AccountEntry
 from ldapquota.parallel import BATCH_SIZE, evaluate_all
-from helpers import make_maildir, maildirsize_text
 
 
 def _config(root, workers):

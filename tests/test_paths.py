@@ -1,4 +1,4 @@
-"""The mailbox path template and the "stay under mailboxes.root" rule (SPEC §4)."""
+"""The mailbox path template and the "stay under mailboxes.root" rule (docs/contract.md §4)."""
 
 import os
 

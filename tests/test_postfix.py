@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
-
 from helpers import REPO
 
 pytestmark = pytest.mark.integration

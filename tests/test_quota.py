@@ -1,4 +1,4 @@
-"""Limits, the over-quota decision, hysteresis and quotaFreeBytes (SPEC §4, §5)."""
+"""Limits, the over-quota decision, hysteresis and quotaFreeBytes (docs/contract.md §3, §4, §5)."""
 
 from fractions import Fraction
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 import pytest
-
-from ldapquota.exim import render_exim_config, replace_blocks, split_blocks
-from ldapquota.config import load_config
-from servers.exim import give_to, rcpt, secret_for_exim, send
 from helpers import REPO, config_dict, run_cli, write_config
+from servers.exim import give_to, rcpt, secret_for_exim, send
+
+from ldapquota.config import load_config
+from ldapquota.exim import render_exim_config, replace_blocks, split_blocks
 
 pytestmark = pytest.mark.integration
 

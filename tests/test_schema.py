@@ -5,7 +5,7 @@ Three layers:
 - the files themselves: slaptest accepts ldapquota.schema, converts it to
   exactly what ldapquota.ldif says, and every OID sits under one 2.25 arc;
 - the live fixture slapd, which loaded the shipped .ldif: the syntax and
-  matching rules behave as SPEC section 3 promises (TRUE/FALSE only,
+  matching rules behave as docs/contract.md §3 promises (TRUE/FALSE only,
   integer ordering, SINGLE-VALUE, the auxiliary class);
 - the shipped ACL example, loaded into the same slapd: each service account
   can do exactly what it needs and nothing more, and size limits are set so
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-
 from servers.slapd import (
     PRODUCT_SCHEMA_FILE,
     PRODUCT_SCHEMA_LDIF,

@@ -5,8 +5,7 @@ import re
 import time
 
 import pytest
-
-from helpers import config_dict, make_maildir, maildirsize_text, run_cli, write_config
+from helpers import config_dict, maildirsize_text, make_maildir, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +42,7 @@ def csns(ldap):
 
 
 def summary(result):
-    line = [l for l in result.stdout.splitlines() if "accounts=" in l][-1]
+    line = [text for text in result.stdout.splitlines() if "accounts=" in text][-1]
     return {k: float(v) if "." in v else int(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
 
 

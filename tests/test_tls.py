@@ -5,8 +5,7 @@ unrelated CA (``wrong_ca_file``) must not be trusted for it.
 """
 
 import pytest
-
-from helpers import config_dict, make_maildir, maildirsize_text, run_cli, write_config
+from helpers import config_dict, maildirsize_text, make_maildir, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 

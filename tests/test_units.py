@@ -1,4 +1,4 @@
-"""Sizes, durations and change limits as operators write them in the config (SPEC §7)."""
+"""Sizes, durations and change limits as operators write them in the config (docs/contract.md §7)."""
 
 import math
 from fractions import Fraction

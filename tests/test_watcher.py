@@ -15,7 +15,6 @@ from ldapquota.errors import AlreadyRunning, ConfigError
 from ldapquota.schedule import Backoff, Debouncer, Periodic, slice_size
 from ldapquota.watcher import Watcher, signature
 
-
 # --------------------------------------------------------------------------- Debouncer
 
 

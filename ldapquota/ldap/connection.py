@@ -57,10 +57,9 @@ def _open(config: LdapConfig, uri: str, receive_timeout: float) -> ldap3.Connect
     )
     try:
         connection.open()
-        if config.start_tls:
-            # start_tls() can return False without raising; never carry on in clear text.
-            if not connection.start_tls() or not connection.tls_started:
-                raise DirectoryUnavailable(f"{uri}: StartTLS did not happen ({describe(connection.result)})")
+        # start_tls() can return False without raising; never carry on in clear text.
+        if config.start_tls and (not connection.start_tls() or not connection.tls_started):
+            raise DirectoryUnavailable(f"{uri}: StartTLS did not happen ({describe(connection.result)})")
         if not connection.bind():
             raise bind_error(uri, config.bind_dn, connection.result)
     except LdapLibraryError as exc:

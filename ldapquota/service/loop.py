@@ -24,7 +24,7 @@ import logging
 import os
 import select
 import time
-from typing import Callable, Optional, Set
+from typing import Callable, Optional, Set, Tuple
 
 from ldapquota.accounts import account_from_entry
 from ldapquota.entry import AccountEntry
@@ -41,7 +41,7 @@ from ldapquota.service.refresher import ListingPace, RefreshWindow, list_account
 from ldapquota.service.table import AccountTable, dn_key
 from ldapquota.settings import Config
 from ldapquota.sources.base import ChangeFeed
-from ldapquota.sync import Change, run_sync
+from ldapquota.sync import Change
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class Service:
 
     # ------------------------------------------------------------------ the account table
 
-    def describe(self, entry: AccountEntry) -> tuple:
+    def describe(self, entry: AccountEntry) -> Tuple[str, Optional[str]]:
         """(address, mailbox key) of an entry, as the event path needs them."""
         source = self.evaluator.source
         try:

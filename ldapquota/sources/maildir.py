@@ -19,12 +19,15 @@ from ldapquota.watcher import MAILDIRSIZE, Watcher
 
 
 def check_mail_root(root: str) -> None:
-    """A missing or empty mail root means an unmounted store, not empty mailboxes."""
+    """A missing or empty mail root means an unmounted store, not empty mailboxes
+    (docs/contract.md §5)."""
     try:
         with os.scandir(root) as entries:
             empty = next(iter(entries), None) is None
     except FileNotFoundError:
-        raise SafetyRefusal(f"mailboxes.root {root} does not exist (store not mounted?); nothing written. Use --force to sync anyway") from None
+        raise SafetyRefusal(
+            f"mailboxes.root {root} does not exist (store not mounted?); nothing written. Use --force to sync anyway"
+        ) from None
     except NotADirectoryError:
         raise SafetyRefusal(f"mailboxes.root {root} is not a directory; nothing written") from None
     except OSError as exc:

@@ -3,7 +3,7 @@
 One :class:`Exim` is one daemon with its own work directory (config, spool, logs), started
 as ``exim4 -C CONFIG -DNAME=value... -bdf -oX 127.0.0.1.PORT -odq``:
 
-- ``-C`` runs our config; as root Exim keeps its privileges for it (facts.md §2.5).
+- ``-C`` runs our config; as root Exim keeps its privileges for it (docs/maildir-and-mta-facts.md §2.5).
 - ``-D`` overrides the ``.ifndef`` macros of examples/exim/exim4.conf (paths, servers).
 - ``-bdf``: the daemon stays in the foreground, so the PID we hold is the daemon's and we
   stop exactly what we started. ``-oX 127.0.0.1.PORT`` listens on loopback only and, with
@@ -146,7 +146,7 @@ class Exim:
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> "Exim":
+    def start(self) -> Exim:
         self.check_config()
         for _attempt in range(3):
             self.port = free_port()

@@ -380,7 +380,7 @@ class Slapd:
     def __repr__(self) -> str:
         return f"<Slapd {self.uri} workdir={self.workdir} running={self.is_running}>"
 
-    def __enter__(self) -> "Slapd":
+    def __enter__(self) -> Slapd:
         self.start()
         return self
 
@@ -921,7 +921,7 @@ class Slapd:
             args += ["-E", f"pr={paged}/noprompt"]
         args += [*extra_args, filter, *attrs]
         proc = self.ldap_tool("ldapsearch", *args, **kw)  # type: ignore[arg-type]
-        entries = {dn: attributes for dn, attributes in parse_ldif(proc.stdout)}
+        entries = dict(parse_ldif(proc.stdout))
         if proc.returncode != 0:
             raise LdapToolError(["ldapsearch", *args], proc, entries)
         return entries

@@ -1,0 +1,141 @@
+"""Maildirs seen through ``stat`` (what a directory is, its folders, a change signature),
+and ``stat`` polling: what the watcher falls back on where inotify cannot
+follow a maildir (``daemon.watch: false``, NFS, a maildir that does not exist yet, the
+kernel's watch limit). Polling is spread over ``poll_interval`` in small slices."""
+
+import os
+from collections import deque
+from typing import Deque, Dict, List, Optional, Set, Tuple
+
+from ldapquota.schedule import slice_size
+
+MAILDIRSIZE = "maildirsize"
+DEEP_PARTS = ("new", "cur")
+
+
+def identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def max_user_watches() -> Optional[int]:
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_folder(name: str) -> bool:
+    return name.startswith(".") and name not in (".", "..")
+
+
+def folders(path: str) -> List[str]:
+    """The ``.Folder`` directories of a maildir (symlinks are not followed, as in the walk)."""
+    names = []
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if is_folder(entry.name):
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            names.append(entry.name)
+                    except OSError:
+                        pass
+    except OSError:
+        return []
+    return sorted(names)
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError as exc:
+        return -(exc.errno or 1)
+
+
+def signature(path: str, deep: bool) -> Tuple[object, ...]:
+    """What polling compares: ``maildirsize``'s inode, size and mtime; for a maildir
+    without one (or a deep one), the mtimes of the directory (and of ``new/``, ``cur/``,
+    and ``new/``, ``cur/`` of every ``.Folder``: one listing and two ``stat`` per folder)."""
+    try:
+        info = os.stat(os.path.join(path, MAILDIRSIZE))
+        size_file: object = (info.st_ino, info.st_size, info.st_mtime_ns)
+    except FileNotFoundError:
+        size_file = None
+    except OSError as exc:
+        size_file = ("error", exc.errno)
+    if size_file is not None and not deep:
+        return (size_file,)
+    times: List[object] = [_mtime(path)]
+    if deep:
+        for folder in [""] + folders(path):
+            times.append((folder,) + tuple(_mtime(os.path.join(path, folder, sub)) for sub in DEEP_PARTS))
+    return (size_file, tuple(times))
+
+
+class StatPoller:
+    """Paths compared by :func:`signature`, a slice of them per ``step``, all once per ``interval``."""
+
+    def __init__(self, interval: float, step: float = 1.0):
+        self.interval = interval
+        self.step = step
+        self._polled: Dict[str, List[object]] = {}  # path → [signature, deep, token]
+        self._queue: Deque[Tuple[str, int]] = deque()
+        self._token = 0
+        self.next_poll_at: Optional[float] = None
+
+    def __len__(self) -> int:
+        return len(self._polled)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._polled
+
+    def add(self, path: str, deep: bool, now: Optional[float]) -> None:
+        entry = self._polled.get(path)
+        if entry is not None:
+            entry[1] = deep
+            return
+        self._token += 1
+        self._polled[path] = [signature(path, deep), deep, self._token]
+        self._queue.append((path, self._token))
+        if self.next_poll_at is None:
+            self.next_poll_at = (now or 0.0) + self.step
+
+    def remove(self, path: str) -> None:
+        self._polled.pop(path, None)  # its queue item becomes stale and is skipped
+
+    def clear(self) -> None:
+        self._polled.clear()
+        self._queue.clear()
+
+    def poll(self, now: float) -> Set[str]:
+        """``stat`` the next slice of polled paths; those whose signature changed."""
+        changed: Set[str] = set()
+        live = len(self._polled)
+        if not live:
+            self._queue.clear()
+            self.next_poll_at = None
+            return changed
+        budget = slice_size(live, self.interval, self.step)
+        looked = 0
+        # Stale queue items (removed or re-added paths) do not count against the budget,
+        # but the loop ends after one lap at most.
+        for _ in range(len(self._queue)):
+            if looked >= budget:
+                break
+            path, token = self._queue.popleft()
+            entry = self._polled.get(path)
+            if entry is None or entry[2] != token:
+                continue
+            looked += 1
+            new = signature(path, bool(entry[1]))
+            if new != entry[0]:
+                entry[0] = new
+                changed.add(path)
+            self._queue.append((path, token))
+        self.next_poll_at = now + self.step if self._polled else None
+        return changed
