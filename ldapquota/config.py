@@ -44,7 +44,7 @@ _SECTIONS: Dict[str, type] = {
     "logging": LoggingConfig,
     "mta": MtaConfig,
 }
-_FIELD_NAMES = {("ldap", "uri"): "uris"}
+_FIELD_NAMES = {("ldap", "uri"): "uris", ("mta", "uri"): "uris"}
 
 _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
     "ldap": {
@@ -93,6 +93,7 @@ _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "level": kinds.log_level,
     },
     "mta": {
+        "uri": kinds.optional_uris,
         "bind_dn": kinds.optional_dn,
         "bind_password_file": kinds.optional_string,
         "on_ldap_error": kinds.on_ldap_error,
@@ -268,19 +269,23 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     located = _parse_yaml(path, text)
     values = _convert(located)
     _cross_checks(located, values)
-    ldap = dict(values["ldap"])
-    ldap["uris"] = ldap.pop("uri")
-    ldap["bind_password"] = _read_secret(located, "ldap.bind_password_file", ldap["bind_password_file"])
+    fields = {section: _field_values(section, given) for section, given in values.items()}
+    fields["ldap"]["bind_password"] = _read_secret(located, "ldap.bind_password_file", fields["ldap"]["bind_password_file"])
     return Config(
         path=path,
-        ldap=LdapConfig(**ldap),
-        accounts=AccountsConfig(**values["accounts"]),
-        mailboxes=MailboxesConfig(**values["mailboxes"]),
-        policy=PolicyConfig(**values["policy"]),
-        daemon=DaemonConfig(**values["daemon"]),
-        logging=LoggingConfig(**values["logging"]),
-        mta=MtaConfig(**values["mta"]),
+        ldap=LdapConfig(**fields["ldap"]),
+        accounts=AccountsConfig(**fields["accounts"]),
+        mailboxes=MailboxesConfig(**fields["mailboxes"]),
+        policy=PolicyConfig(**fields["policy"]),
+        daemon=DaemonConfig(**fields["daemon"]),
+        logging=LoggingConfig(**fields["logging"]),
+        mta=MtaConfig(**fields["mta"]),
     )
+
+
+def _field_values(section: str, given: Dict[str, Any]) -> Dict[str, Any]:
+    """Keys → the section dataclass's field names."""
+    return {_FIELD_NAMES.get((section, key), key): value for key, value in given.items()}
 
 
 def default_config_path(environ: Optional[Dict[str, str]] = None) -> str:

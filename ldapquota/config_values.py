@@ -60,6 +60,10 @@ def uris(value: Any) -> Tuple[str, ...]:
     return tuple(uris)
 
 
+def optional_uris(value: Any) -> Optional[Tuple[str, ...]]:
+    return None if value is None else uris(value)
+
+
 def ldap_filter(value: Any) -> str:
     """One parenthesised RFC 4515 filter: its outer parentheses close only at the end."""
     text = string(value)

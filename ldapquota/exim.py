@@ -119,10 +119,11 @@ def _aux_quote(value: str) -> str:
 
 
 def _servers(config: Config) -> Tuple[str, List[Tuple[str, int]]]:
-    """(scheme, [(host, port)]) of ``ldap.uri``, with explicit default ports."""
+    """(scheme, [(host, port)]) of the MTA's servers (``mta.uri``, else ``ldap.uri``),
+    with explicit default ports."""
     schemes = set()
     servers = []
-    for uri in config.ldap.uris:
+    for uri in config.mta_uris:
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
         schemes.add(scheme)
@@ -130,8 +131,9 @@ def _servers(config: Config) -> Tuple[str, List[Tuple[str, int]]]:
         port = parts.port or (636 if scheme == "ldaps" else 389)
         servers.append((host, port))
     if len(schemes) > 1:
+        key = "mta.uri" if config.mta.uris else "ldap.uri"
         raise EximConfigError(
-            f"{config.path}: ldap.uri: mixes ldap:// and ldaps://; Exim uses one scheme for all the servers of "
+            f"{config.path}: {key}: mixes ldap:// and ldaps://; Exim uses one scheme for all the servers of "
             "a lookup; use one scheme (or ldap:// with ldap.start_tls: true)"
         )
     return schemes.pop(), servers
@@ -142,7 +144,7 @@ def nettime(config: Config) -> int:
     server-side search limit), so that a hung directory gives a 4xx within the budget
     however many servers Exim tries and however many lookups run for the failing RCPT."""
     lookups = 2 if config.mta.on_ldap_error == "accept" else 1
-    servers = len(config.ldap.uris)
+    servers = len(config.mta_uris)
     return max(1, min(_MAX_NETTIME, _HANG_BUDGET // (servers * lookups)))
 
 

@@ -81,6 +81,9 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class MtaConfig:
+    # The LDAP server(s) the MTA asks: its own replica (docs/contract.md §11); the key is
+    # mta.uri. None: the servers of ldap.uri.
+    uris: Optional[Tuple[str, ...]] = None
     bind_dn: Optional[str] = None
     bind_password_file: Optional[str] = None
     on_ldap_error: str = "defer"  # defer | accept
@@ -98,3 +101,8 @@ class Config:
     daemon: DaemonConfig
     logging: LoggingConfig
     mta: MtaConfig
+
+    @property
+    def mta_uris(self) -> Tuple[str, ...]:
+        """The servers the MTA's lookups ask."""
+        return self.mta.uris or self.ldap.uris

@@ -151,3 +151,24 @@ def exim_factory(pytestconfig: pytest.Config) -> Iterator[Callable[..., Exim]]:
             pytestconfig.stash.setdefault(_KEPT, []).append(f"{daemon.workdir}  (Exim logs: {daemon.log_dir})")
         else:
             daemon.cleanup()
+
+
+# --------------------------------------------------------------------------- replication
+# tests/servers/replica.py: a provider (syncprov) and a consumer (syncrepl) on loopback.
+
+from servers.replica import ConsumerSlapd, ProviderSlapd  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def replica_pair(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[tuple[Slapd, Slapd]]:
+    """(provider, consumer), started once per session; both load the shipped schema and ACL."""
+    requires_slapd()
+    provider = ProviderSlapd(tmp_path_factory.mktemp("slapd-provider"))
+    provider.start()
+    consumer = ConsumerSlapd(tmp_path_factory.mktemp("slapd-consumer"), provider)
+    try:
+        consumer.start()
+        yield provider, consumer
+    finally:
+        for server in (consumer, provider):
+            _finish(server, pytestconfig)

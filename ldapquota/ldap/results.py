@@ -8,6 +8,7 @@ our terms:
 * bind refused, insufficient access                → PermissionDenied (exit 77)
 * our attributes or class unknown to the server    → SchemaMissing (exit 78)
 * one entry cannot be written (vanished, bad data) → EntryWriteError (counted, run goes on)
+* a write referred elsewhere (a read-only replica)  → DirectoryUnavailable, naming the provider
 """
 
 from typing import Any, Dict, Iterable, Optional
@@ -144,6 +145,15 @@ def check_modify_result(result: Result, dn: str, attributes: Iterable[str], *, n
     if noop and code == RC_UNAVAILABLE_CRITICAL_EXTENSION:
         raise NoOpUnsupported(f"the server does not support the No-Op control ({describe(result)})")
     described = describe(result)
+    if code == RC_REFERRAL:
+        # A read-only replica (OpenLDAP: olcUpdateRef) refers writes to its provider.
+        # Every write would be refused the same way: the run ends here (docs/contract.md §11).
+        referrals = [str(uri) for uri in result.get("referrals") or ()]
+        where = ", ".join(referrals) if referrals else "its provider"
+        raise DirectoryUnavailable(
+            f"writing {dn} was refused with a referral to {where}: ldap.uri names a read-only replica; "
+            "point ldap.uri at the server that takes writes (the provider); nothing was written there"
+        )
     if code == RC_INSUFFICIENT_ACCESS:
         raise PermissionDenied(f"writing {dn} refused: {described}; the bind DN needs write access to "
                                f"{', '.join(attributes)} and objectClass")
