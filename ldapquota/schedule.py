@@ -14,14 +14,17 @@ K = TypeVar("K", bound=Hashable)
 class Debouncer(Generic[K]):
     """Collects "this key changed" notices and says when to act on each key.
 
-    A key becomes due ``delay`` seconds after its *first* notice; notices that arrive
-    while it waits are folded into that one action. The delay is not extended by later
-    notices, so a mailbox receiving a steady stream of deliveries is still measured at
-    least once per ``delay`` (bounded latency), not starved.
+    :meth:`notice` acts on the first change of a quiet key at once, and folds the
+    changes that follow within ``delay`` into one more action at ``delay`` after the
+    last one: a burst of deliveries costs two measurements, and the first one is not
+    kept waiting. :meth:`touch` makes a key due ``delay`` (or any) seconds after its
+    first notice. Due times are never pushed back by later notices, so a mailbox under
+    a steady stream of deliveries is still acted on once per ``delay``, not starved.
     """
 
     def __init__(self, delay: float):
         self.delay = delay
+        self._acted: Dict[K, float] = {}  # key → when it was last due, oldest first
         self._due: Dict[K, float] = {}
         self._heap: List[Tuple[float, int, K]] = []
         self._counter = 0  # tie-breaker: keys need not be comparable
@@ -42,6 +45,13 @@ class Debouncer(Generic[K]):
         self._counter += 1
         heapq.heappush(self._heap, (due, self._counter, key))
 
+    def notice(self, key: K, now: float) -> None:
+        """A change of ``key``: due now if it was quiet for ``delay``, else ``delay``
+        after it was last due (the end of the burst)."""
+        last = self._acted.get(key)
+        due = now if last is None or now - last >= self.delay else last + self.delay
+        self.touch(key, now, delay=due - now)
+
     def next_due(self) -> Optional[float]:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
@@ -59,10 +69,23 @@ class Debouncer(Generic[K]):
             heapq.heappop(self._heap)
             del self._due[key]
             out.append(key)
+            self._acted.pop(key, None)
+            self._acted[key] = now  # to the end: the dict stays ordered by time
+        self._forget_quiet(now)
         return out
+
+    def _forget_quiet(self, now: float) -> None:
+        """Keys last due ``delay`` ago are quiet again: memory stays with the busy ones."""
+        acted = self._acted
+        while acted:
+            key = next(iter(acted))
+            if now - acted[key] < self.delay:
+                break
+            del acted[key]
 
     def discard(self, key: K) -> None:
         self._due.pop(key, None)  # its heap item becomes stale and is skipped
+        self._acted.pop(key, None)
 
     def _drop_stale(self) -> None:
         while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:

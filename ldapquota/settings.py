@@ -68,7 +68,7 @@ class DaemonConfig:
     watch: bool = True
     user: Optional[str] = None
     group: Optional[str] = None
-    debounce: float = 0.5  # wait after a mailbox's first event before measuring it
+    debounce: float = 0.5  # a burst of changes to one mailbox is measured at most this often
     over_recheck: float = 30.0  # re-measure mailboxes that are over quota this often
     poll_interval: float = 30.0  # stat polling of mailboxes inotify does not watch
 

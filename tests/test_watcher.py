@@ -454,3 +454,43 @@ def test_daemon_keys_have_defaults_and_take_durations():
 def test_bad_daemon_keys_are_named(text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config(BASE + text)
+
+
+def test_the_first_change_of_a_quiet_key_is_due_at_once():
+    debouncer = Debouncer(0.5)
+    debouncer.notice("a", 10.0)
+    assert debouncer.pop_due(10.0) == ["a"]
+
+
+def test_a_burst_is_acted_on_at_its_start_and_once_more_at_its_end():
+    debouncer = Debouncer(0.5)
+    debouncer.notice("a", 10.0)
+    assert debouncer.pop_due(10.0) == ["a"]
+    for t in (10.05, 10.1, 10.3, 10.45):
+        debouncer.notice("a", t)
+        assert debouncer.pop_due(t) == []
+    assert debouncer.next_due() == 10.5
+    assert debouncer.pop_due(10.5) == ["a"]
+    assert debouncer.pop_due(20.0) == []  # nothing more: the burst was folded into one
+
+
+def test_a_steady_stream_is_acted_on_once_per_delay_not_starved():
+    debouncer = Debouncer(0.5)
+    acted = []
+    t = 0.0
+    while t < 3.0:
+        debouncer.notice("a", t)
+        acted += [t for _ in debouncer.pop_due(t)]
+        t = round(t + 0.1, 10)
+    assert len(acted) == 6 and all(b - a == pytest.approx(0.5) for a, b in zip(acted, acted[1:]))
+
+
+def test_a_key_quiet_again_is_forgotten_and_acted_on_at_once_next_time():
+    debouncer = Debouncer(0.5)
+    debouncer.notice("a", 0.0)
+    debouncer.pop_due(0.0)
+    debouncer.notice("b", 1.0)
+    debouncer.pop_due(1.0)  # "a" was last due a second ago: quiet, forgotten
+    assert "a" not in debouncer._acted
+    debouncer.notice("a", 1.2)
+    assert debouncer.pop_due(1.2) == ["a"]

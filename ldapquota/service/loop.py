@@ -3,7 +3,9 @@
 One thread, one loop. Each turn it
 
 1. takes what the change feed saw (inotify events, or a slice of polling) and notes the
-   accounts of those mailboxes in a debouncer (``daemon.debounce``);
+   accounts of those mailboxes in a debouncer: the first change of a quiet mailbox is
+   measured at once, the changes that follow within ``daemon.debounce`` once more at its
+   end;
 2. measures the accounts that are due (only those), with the same Evaluator as
    ``--sync``, and keeps a pending write for each one whose state differs from the store's;
 3. writes the pending changes (:mod:`.pending`), unless the store is down: then they
@@ -218,7 +220,7 @@ class Service:
             log.warning("a file system holding watched mailboxes was unmounted; those mailboxes are polled until they are back")
         for mailbox in changes.keys:
             for key in self.table.keys_for(mailbox):
-                self.debouncer.touch(key, now)
+                self.debouncer.notice(key, now)
 
     def _measure_due(self, now: float) -> None:
         due = self.debouncer.pop_due(now, BATCH)
