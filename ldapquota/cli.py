@@ -1,7 +1,7 @@
 """The command line (docs/contract.md §6): parse flags, pick the mode, map errors to exit codes.
 
-Modes: ``--sync`` (one pass), ``--check-config``, ``--show ADDRESS``, ``--exim-config``,
-and, with none of them, the daemon. Every failure the operator must act on is an
+Modes: ``--sync`` (one pass), ``--report``, ``--check-config``, ``--show ADDRESS``,
+``--exim-config``, and, with none of them, the daemon. Every failure the operator must act on is an
 :class:`~ldapquota.errors.LdapQuotaError` with its exit code; anything else is a bug and
 ends with a traceback and EX_SOFTWARE.
 """
@@ -40,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", metavar="FILE", help=f"config file (default: $LDAPQUOTA_CONFIG or {default_config_path({})})")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--sync", action="store_true", help="one full pass, then exit")
+    modes.add_argument("--report", action="store_true", help="measure, write nothing; list who is over or near the limit, fullest first")
     modes.add_argument("--check-config", action="store_true", help="validate the config, reach LDAP, check schema and rights")
     modes.add_argument("--show", metavar="ADDRESS", help="one account: limit, usage, flag, decision and why")
     modes.add_argument("--exim-config", action="store_true", help="print Exim configuration blocks for this config")
     parser.add_argument("--dry-run", action="store_true", help="with --sync: print each change, write nothing")
     parser.add_argument("--force", action="store_true", help="with --sync: override the safety rules (empty mail root, too many flips)")
+    parser.add_argument("--json", action="store_true", help="with --report: one JSON array on stdout (summary on stderr)")
+    parser.add_argument("--all", action="store_true", help="with --report: every account, not only the full and nearly full")
     parser.add_argument("--mode", choices=("defer", "fail"), default="defer", help="with --exim-config: 452 (defer, default) or 552 (fail)")
     parser.add_argument("--foreground", action="store_true", help="daemon: stay attached (for systemd Type=simple)")
     verbosity = parser.add_mutually_exclusive_group()
@@ -57,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if (args.dry_run or args.force) and not args.sync:
         parser.error("--dry-run and --force go with --sync")
+    if (args.json or args.all) and not args.report:
+        parser.error("--json and --all go with --report")
     if args.mode != "defer" and not args.exim_config:
         parser.error("--mode goes with --exim-config")
-    if args.foreground and (args.sync or args.check_config or args.show or args.exim_config):
+    if args.foreground and (args.sync or args.report or args.check_config or args.show or args.exim_config):
         parser.error("--foreground is for the daemon; it does not go with a one-shot mode")
 
 
@@ -83,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _show(config, args.show)
         if args.sync:
             return _sync(config, args, verbosity)
+        if args.report:
+            return _report(config, args)
         return _daemon(config, args, verbosity)
     except LdapQuotaError as exc:
         print(f"ldapquota: {exc}", file=sys.stderr)
@@ -96,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _is_daemon(args: argparse.Namespace) -> bool:
-    return not (args.sync or args.check_config or args.show or args.exim_config)
+    return not (args.sync or args.report or args.check_config or args.show or args.exim_config)
 
 
 def _configure_logging(config: Config, verbosity: int) -> None:
@@ -165,6 +172,30 @@ class TerminalProgress:
         if self.shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+# --------------------------------------------------------------------------- --report
+
+
+def _report(config: Config, args: argparse.Namespace) -> int:
+    """docs/contract.md §6: with --json, stdout carries the JSON array and nothing else."""
+    from ldapquota.report import format_json, format_table, run_report
+
+    progress = TerminalProgress(sys.stderr) if not args.quiet and sys.stderr.isatty() else None
+    try:
+        with open_store(config) as directory:
+            report = run_report(config, directory, everyone=args.all, progress=progress.update if progress else None)
+    finally:
+        if progress:
+            progress.finish()
+    if args.json:
+        sys.stdout.write(format_json(report.rows))
+        sys.stdout.flush()
+        print(f"ldapquota: {report.summary()}", file=sys.stderr)
+    else:
+        print("\n".join(format_table(report.rows)))
+        print(f"ldapquota: {report.summary()}")
+    return EX_PARTIAL if report.errors else EX_OK
 
 
 # --------------------------------------------------------------------------- --check-config

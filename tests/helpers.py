@@ -1,10 +1,13 @@
 """Small builders shared by the integration tests: maildirs, config files, CLI runs."""
 
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import IO, Dict, Iterable, Optional, Sequence, Tuple
 
 import yaml
 
@@ -85,3 +88,29 @@ def run_cli(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: 
         cwd=str(REPO),
         stdin=subprocess.DEVNULL,
     )
+
+
+def run_on_terminal(argv: Sequence[str], stdout: Optional[IO[bytes]] = None, timeout: float = 120.0) -> str:
+    """Run with stderr (and stdout, unless given) on a pseudo-terminal; return what the
+    terminal received. A command that checks ``isatty()`` on stderr sees a terminal."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout if stdout is not None else slave, stderr=slave,
+                               cwd=str(REPO), close_fds=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal (EIO)
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=10)
+    os.close(master)
+    return b"".join(chunks).decode("utf-8", "replace")

@@ -84,3 +84,19 @@ def test_a_directory_smaller_than_one_batch_gives_the_same_results(tmp_path):
 
     assert asked_for_workers == in_process
     assert in_process[0] == 13
+
+
+def test_a_keep_predicate_picks_the_same_accounts_in_workers_and_in_process(tmp_path):
+    from ldapquota.report import NearFull
+
+    root = tmp_path / "vmail"
+    entries = _entries(root, BATCH_SIZE + 37)
+    config = _config(root, 2)
+    for keep in (NearFull(config.policy.thresholds), NearFull(config.policy.thresholds, everyone=True)):
+        in_process = _summarise(evaluate_all(config, entries, workers=0, now=lambda: 0.0, keep=keep))
+        in_workers = _summarise(evaluate_all(config, entries, workers=2, now=lambda: 0.0, keep=keep))
+        assert in_workers == in_process
+    assert len(in_process[2]) == len(entries)  # everyone
+    near = _summarise(evaluate_all(config, entries, workers=2, now=lambda: 0.0, keep=NearFull(config.policy.thresholds)))[2]
+    # Over (kinds 0, 2), within 100 bytes of 1000 (none else), failed (4); not the far or the mailless.
+    assert sorted(near) == sorted(f"uid=u{n},dc=x" for n in range(len(entries)) if n % 5 in (0, 2, 4))
