@@ -45,7 +45,7 @@ This module is pure: it reads no files and talks to nothing.
 """
 
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 from urllib.parse import urlsplit
 
 from ldapquota.errors import ConfigError
@@ -397,7 +397,3 @@ def _marker(line: str, pattern: str) -> "str | None":
         if stripped == pattern.format(name):
             return name
     return None
-
-
-def block_names() -> Sequence[str]:
-    return BLOCK_NAMES
