@@ -10,15 +10,17 @@ import argparse
 import logging
 import sys
 import time
-from typing import NoReturn, Optional, Sequence, TextIO
+from contextlib import nullcontext
+from typing import ContextManager, NoReturn, Optional, Sequence, TextIO
 
 from ldapquota import __version__
 from ldapquota import log as logsetup
 from ldapquota.config import default_config_path, load_config
-from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, ConfigError, LdapQuotaError, SafetyRefusal
+from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, ConfigError, LdapQuotaError, SafetyRefusal, SyncBusy
 from ldapquota.flagstore import open_store
 from ldapquota.settings import Config
 from ldapquota.sync import Change, SyncReport, run_sync
+from ldapquota.synclock import FullSyncLock
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,11 @@ def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
     progress = TerminalProgress(sys.stderr) if not args.quiet and sys.stderr.isatty() else None
     prefix = "dry run: " if args.dry_run else ""
     directory = open_store(config)
+    # docs/contract.md §5: a second full sync of the store gives up here (exit 75), before
+    # it reads anything. A dry run writes nothing and needs no lock.
+    lock: ContextManager[object] = nullcontext() if args.dry_run else FullSyncLock(config)
     try:
-        with directory.connect():
+        with lock, directory.connect():
             report = run_sync(
                 config,
                 directory,
@@ -131,6 +136,9 @@ def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
                 progress=progress.update if progress else None,
                 on_change=_print_would_change if args.dry_run else None,
             )
+    except SyncBusy as busy:  # measured nothing: no summary line, as for an empty mail root
+        print(f"ldapquota: refused: {busy}", file=sys.stderr)
+        return busy.exit_code
     except LdapQuotaError as failure:
         measured: Optional[SyncReport] = getattr(failure, "report", None)
         if measured is not None:  # ended after measuring: say what was found (and done)

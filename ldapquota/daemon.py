@@ -29,6 +29,7 @@ from types import FrameType
 from typing import List, Optional, Tuple
 
 from ldapquota import log as logsetup
+from ldapquota import synclock
 from ldapquota.config import default_config_path
 from ldapquota.errors import AlreadyRunning, ConfigError
 from ldapquota.service.loop import Service
@@ -177,6 +178,8 @@ def run(config: Config, *, foreground: bool, verbosity: int, config_path: Option
         raise ConfigError(f"logging.target: cannot open {config.logging.target}: {exc.strerror}") from None
     pidfile = PidFile(config.daemon.pidfile)
     pidfile.acquire()
+    # While we may still create files there: cron's --sync and our full syncs meet on it.
+    synclock.prepare(config)
     try:
         if foreground:
             if os.getuid() == 0:

@@ -72,6 +72,18 @@ class AlreadyRunning(LdapQuotaError):
     exit_code = EX_TEMPFAIL
 
 
+class SyncBusy(LdapQuotaError):
+    """Another full sync of the same store holds the full-sync lock (docs/contract.md §5):
+    this one gives up at once and writes nothing."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class SyncLockUnusable(SyncBusy):
+    """The full-sync lock cannot be taken safely (a planted or unreachable lock file): with
+    no proof that no other full sync runs, this one writes nothing."""
+
+
 class MeasureError(Exception):
     """One mailbox could not be measured. Its account keeps its flag; the run goes on."""
 
@@ -82,6 +94,13 @@ class AccountError(Exception):
 
 class EntryWriteError(Exception):
     """One entry could not be written; the others can be."""
+
+
+class WriteSuperseded(Exception):
+    """A planned write was not made because a newer one decides: the entry no longer
+    holds the state the run read (someone wrote it meanwhile: the daemon, another run),
+    or the daemon measured the account again since its full sync did. Neither a write
+    nor an error; the account keeps the newer value."""
 
 
 class NoOpUnsupported(EntryWriteError):

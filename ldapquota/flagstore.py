@@ -83,9 +83,14 @@ class FlagStore(abc.ABC):
     # ------------------------------------------------------------------ writing
 
     @abc.abstractmethod
-    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False) -> None:
+    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False,
+                    if_unchanged: bool = False) -> None:
         """Set what changed between ``old`` and ``new`` in one modify (``noop``: only check
-        that it would be allowed). Raises EntryWriteError for this entry alone."""
+        that it would be allowed). Raises EntryWriteError for this entry alone.
+
+        ``if_unchanged``: only if the entry still holds ``old``, in the same operation;
+        otherwise raise WriteSuperseded and change nothing (a run that read the entry
+        earlier must not undo a newer write, docs/contract.md §5)."""
 
     @abc.abstractmethod
     def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:

@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 
 from ldapquota.accounts import wanted_attributes
 from ldapquota.errors import EntryWriteError, LdapQuotaError, SafetyRefusal
+from ldapquota.errors import WriteSuperseded as WriteSuperseded  # its old home: still importable from here
 from ldapquota.evaluation import Evaluation
 from ldapquota.flagstore import FlagStore
 from ldapquota.parallel import default_workers, evaluate_all
@@ -22,12 +23,6 @@ from ldapquota.sources import open_source
 from ldapquota.sources.base import UsageSource
 
 log = logging.getLogger(__name__)
-
-
-class WriteSuperseded(Exception):
-    """Raised by a directory wrapper (the daemon's) instead of writing a planned change:
-    the account was measured again after this sync measured it, and that newer
-    measurement decides. The write is skipped, not counted, not an error."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +66,7 @@ class SyncReport:
     errors: int = 0
     writes: int = 0
     no_mailbox: int = 0
+    superseded: int = 0  # planned writes skipped: a newer write or measurement decides
     seconds: float = 0.0
     refused: Optional[str] = None
     changes: List[Change] = field(default_factory=list)
@@ -88,8 +84,11 @@ class SyncReport:
         return (
             f"accounts={self.accounts} over={self.over} set={self.set} cleared={self.cleared} "
             f"unchanged={self.unchanged} errors={self.errors} writes={self.writes} "
-            f"no_mailbox={self.no_mailbox} seconds={self.seconds:.2f}"
+            f"no_mailbox={self.no_mailbox}{self._superseded()} seconds={self.seconds:.2f}"
         )
+
+    def _superseded(self) -> str:
+        return f" superseded={self.superseded}" if self.superseded else ""
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,10 @@ def run_sync(
     workers: Optional[int] = None,
 ) -> SyncReport:
     """A full sync. Raises SafetyRefusal, SearchIncomplete and the directory errors;
-    per-account problems are counted in the report instead.
+    per-account problems are counted in the report instead. The caller holds the
+    full-sync lock (:class:`ldapquota.synclock.FullSyncLock`, docs/contract.md §5) unless
+    this is a dry run. Each write is made only if the entry still holds what the search
+    read, so a newer write made meanwhile (by the daemon, another run) is never undone.
 
     ``workers``: processes that measure while this one reads LDAP (None: as
     ``mailboxes.workers`` says; 0: measure here, in this process)."""
@@ -219,9 +221,10 @@ def _write(directory: FlagStore, options: SyncOptions, report: SyncReport) -> No
             (options.on_change or _log_change)(change)
             continue
         try:
-            directory.write_state(change.dn, change.old, change.new, change.has_class)
-        except WriteSuperseded:
-            log.debug("%s: measured again since this sync did; its newer result decides", change.address)
+            directory.write_state(change.dn, change.old, change.new, change.has_class, if_unchanged=True)
+        except WriteSuperseded as exc:
+            report.superseded += 1
+            log.info("%s: not written: %s", change.address, exc)
             continue
         except EntryWriteError as exc:
             report.errors += 1

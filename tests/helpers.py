@@ -60,6 +60,9 @@ def config_dict(slapd, mail_root: Path, **sections) -> dict:
         "accounts": {"quota_attribute": "mailQuota"},
         "mailboxes": {"root": str(mail_root)},
         "policy": {"max_changes": "100%"},
+        # Next to the mail root, so that the full-sync lock (ldapquota/synclock.py) lives in
+        # the test's own directory rather than in the machine's /run/lock.
+        "daemon": {"pidfile": str(Path(mail_root).parent / "ldapquota.pid")},
     }
     for section, values in sections.items():
         if values is None:

@@ -295,8 +295,11 @@ def test_detached_mode_writes_its_pidfile_and_stops_on_term(ldap, mail_root, set
     assert started.returncode == 0, started.stderr
 
     def daemon_pid():
+        # The pidfile holds the starting process's pid until the detached one rewrites it:
+        # only the pid the daemon itself logged is the daemon's.
         text = pidfile.read_text().strip() if pidfile.exists() else ""
-        return int(text) if text.isdigit() and text != "999999" else None
+        logged = log_file.read_text() if log_file.exists() else ""
+        return int(text) if text.isdigit() and f"(pid {text}," in logged else None
 
     pid = wait_until(daemon_pid, 10, "the detached daemon's pid in the pidfile")
     try:

@@ -9,6 +9,7 @@ our terms:
 * our attributes or class unknown to the server    → SchemaMissing (exit 78)
 * one entry cannot be written (vanished, bad data) → EntryWriteError (counted, run goes on)
 * a write referred elsewhere (a read-only replica)  → DirectoryUnavailable, naming the provider
+* a conditional write whose entry changed meanwhile → WriteSuperseded (skipped, not an error)
 """
 
 from typing import Any, Dict, Iterable, Optional
@@ -16,7 +17,7 @@ from typing import Any, Dict, Iterable, Optional
 from ldap3.core import exceptions as ldap_exc
 from ldap3.core import results as ldap_results
 
-from ldapquota.entry import OBJECT_CLASS, SCHEMA_FILE
+from ldapquota.entry import ATTR_FREE, ATTR_OVER, OBJECT_CLASS, SCHEMA_FILE
 from ldapquota.errors import (
     DirectoryUnavailable,
     EntryWriteError,
@@ -24,7 +25,9 @@ from ldapquota.errors import (
     PermissionDenied,
     SchemaMissing,
     SearchIncomplete,
+    WriteSuperseded,
 )
+from ldapquota.quota import QuotaState
 
 # LDAP result codes we act on (RFC 4511).
 RC_SUCCESS = 0
@@ -43,6 +46,9 @@ RC_BUSY = 51
 RC_UNAVAILABLE = 52
 RC_UNWILLING = 53
 RC_OBJECT_CLASS_VIOLATION = 65
+# The Assertion control (RFC 4528): the entry did not match the asserted filter, so the
+# modify was not made.
+RC_ASSERTION_FAILED = 122
 # OpenLDAP's No-Op control: the server runs a modify through its ACL and schema checks,
 # keeps nothing and answers "would have succeeded". slapd honours it without listing it
 # in supportedControl, so support is found out by trying.
@@ -164,3 +170,23 @@ def check_modify_result(result: Result, dn: str, attributes: Iterable[str], *, n
     if code in _SERVER_TROUBLE:
         raise DirectoryUnavailable(f"writing {dn} failed: {described}")
     raise EntryWriteError(f"writing {dn} failed: {described}")
+
+
+def assertion_failed(dn: str, expected: QuotaState, stored: Optional[QuotaState]) -> Exception:
+    """A modify refused with assertionFailed (122): the entry no longer holds ``expected``
+    (what the run read). ``stored`` is what it holds now, read again: if that is still
+    ``expected``, the server could not evaluate the assertion (an ACL without read or
+    compare on our attributes?) and the write failed -- it is not taken for a newer one."""
+    if stored is None:
+        return EntryWriteError(f"writing {dn} failed: the entry is gone")
+    if stored == expected:
+        return EntryWriteError(
+            f"writing {dn} failed: the server found its state changed (assertionFailed) although it still holds "
+            f"{describe_state(stored)}; the bind DN needs read access to {ATTR_OVER} and {ATTR_FREE}")
+    return WriteSuperseded(f"changed in LDAP since this run read it (now {describe_state(stored)}, read as "
+                           f"{describe_state(expected)}); the newer value stays")
+
+
+def describe_state(state: QuotaState) -> str:
+    free = "absent" if state.free_bytes is None else str(state.free_bytes)
+    return f"{ATTR_OVER}={'TRUE' if state.over else 'FALSE/absent'}, {ATTR_FREE}={free}"

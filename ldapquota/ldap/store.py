@@ -1,6 +1,7 @@
 """The LDAP flag store: accounts read with complete paged searches, state written with one
 modify per entry (the auxiliary class added in the same modify when missing)."""
 
+import logging
 import re
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -11,17 +12,20 @@ from ldapquota.errors import DirectoryUnavailable, EntryWriteError
 from ldapquota.flagstore import FlagStore
 from ldapquota.ldap import connection as ldap_connection
 from ldapquota.ldap.results import (
+    RC_ASSERTION_FAILED,
     RC_OBJECT_CLASS_VIOLATION,
     RC_TYPE_OR_VALUE_EXISTS,
+    RC_UNAVAILABLE_CRITICAL_EXTENSION,
     LdapLibraryError,
     Result,
+    assertion_failed,
     check_modify_result,
     check_read_result,
     check_search_result,
     referral_error,
     unavailable,
 )
-from ldapquota.ldap.syntax import account_filter, generalized_time, parse_generalized_time
+from ldapquota.ldap.syntax import account_filter, encode_filter, generalized_time, parse_generalized_time
 from ldapquota.quota import QuotaState
 from ldapquota.settings import LdapConfig
 
@@ -32,8 +36,15 @@ _PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 # modify (unavailableCriticalExtension), never perform it. OpenLDAP implements it under its
 # experimental arc (ldap.h LDAP_CONTROL_NOOP), not the draft's 1.3.6.1.4.1.4203.1.10.2.
 NOOP_CONTROL_OID = "1.3.6.1.4.1.4203.666.5.2"
+# RFC 4528: the modify is made only if the entry matches the filter the control carries,
+# atomically, in the server. Sent critical too: a server without it must refuse, not
+# write unconditionally (we then fall back, once, and say so).
+ASSERTION_CONTROL_OID = "1.3.6.1.1.12"
+
+log = logging.getLogger(__name__)
 
 Changes = Dict[str, List[Tuple[str, List[str]]]]
+Control = Tuple[str, bool, Optional[bytes]]  # ldap3's (OID, criticality, BER value)
 
 
 class LdapStore(FlagStore):
@@ -46,6 +57,7 @@ class LdapStore(FlagStore):
         self.receive_timeout = receive_timeout
         self._connection: Optional[ldap3.Connection] = None
         self.server: Optional[str] = None
+        self.assertions = True  # False once the server refused the Assertion control
 
     def connect(self) -> "LdapStore":
         if self._connection is not None:
@@ -152,17 +164,20 @@ class LdapStore(FlagStore):
 
     # ------------------------------------------------------------------ writing
 
-    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False) -> None:
+    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False,
+                    if_unchanged: bool = False) -> None:
         """``isOverQuota`` is written as the strings TRUE/FALSE; ``quotaFreeBytes`` is
         replaced, or deleted when it should be absent. With ``noop`` the server checks the
-        modify (rights, schema) and keeps nothing (No-Op control)."""
+        modify (rights, schema) and keeps nothing (No-Op control). With ``if_unchanged``
+        the modify carries an Assertion control: the server makes it only if the entry
+        still holds ``old``, else WriteSuperseded."""
         changes: Changes = {}
         if new.over != old.over or noop:
             changes[ATTR_OVER] = [(ldap3.MODIFY_REPLACE, ["TRUE" if new.over else "FALSE"])]
         if new.free_bytes != old.free_bytes or noop:
             changes[ATTR_FREE] = [(ldap3.MODIFY_REPLACE, [] if new.free_bytes is None else [str(new.free_bytes)])]
         if changes:
-            self._modify(dn, changes, has_class, noop=noop)
+            self._modify(dn, changes, has_class, noop=noop, expect=old if if_unchanged and not noop else None)
 
     def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:
         entry = self.read_entry(dn, ["objectClass", ATTR_SYNC_TIME])
@@ -171,24 +186,48 @@ class LdapStore(FlagStore):
         has_class = any(v.lower() == OBJECT_CLASS.lower() for v in entry.values("objectClass"))
         self._modify(dn, {ATTR_SYNC_TIME: [(ldap3.MODIFY_REPLACE, [generalized_time(epoch)])]}, has_class, noop=noop)
 
-    def _modify(self, dn: str, changes: Changes, has_class: bool, *, noop: bool = False) -> None:
-        result = self._send_modify(dn, changes, add_class=not has_class, noop=noop)
+    def _modify(self, dn: str, changes: Changes, has_class: bool, *, noop: bool = False,
+                expect: Optional[QuotaState] = None) -> None:
+        result = self._send_modify(dn, changes, add_class=not has_class, noop=noop, expect=expect)
         # Our guess about the class can be wrong both ways (an entry with the class but none
         # of our attributes; an entry whose attributes came with extensibleObject).
         code = result.get("result")
         if code == RC_TYPE_OR_VALUE_EXISTS and not has_class:
-            result = self._send_modify(dn, changes, add_class=False, noop=noop)
+            result = self._send_modify(dn, changes, add_class=False, noop=noop, expect=expect)
         elif code == RC_OBJECT_CLASS_VIOLATION and has_class:
-            result = self._send_modify(dn, changes, add_class=True, noop=noop)
+            result = self._send_modify(dn, changes, add_class=True, noop=noop, expect=expect)
+        if expect is not None and result.get("result") == RC_ASSERTION_FAILED:
+            stored = self.read_entry(dn, [ATTR_OVER, ATTR_FREE])
+            raise assertion_failed(dn, expect, stored.quota_state if stored else None)
         check_modify_result(result, dn, changes, noop=noop)
 
-    def _send_modify(self, dn: str, changes: Changes, *, add_class: bool, noop: bool) -> Result:
+    def _send_modify(self, dn: str, changes: Changes, *, add_class: bool, noop: bool,
+                     expect: Optional[QuotaState] = None) -> Result:
         request = dict(changes)
         if add_class:
             request["objectClass"] = [(ldap3.MODIFY_ADD, [OBJECT_CLASS])]
-        controls = [(NOOP_CONTROL_OID, True, None)] if noop else None
+        controls: List[Control] = [(NOOP_CONTROL_OID, True, None)] if noop else []
+        if expect is not None and self.assertions:
+            result = self._send(dn, request, controls + [(ASSERTION_CONTROL_OID, True, state_assertion(expect))])
+            if result.get("result") != RC_UNAVAILABLE_CRITICAL_EXTENSION:
+                return result
+            self.assertions = False
+            log.warning("%s does not support the Assertion control (RFC 4528); writes are made without it, so a "
+                        "sync that measured earlier may undo a newer write of the daemon's", self.server)
+        return self._send(dn, request, controls)
+
+    def _send(self, dn: str, request: Changes, controls: List[Control]) -> Result:
         try:
-            self.connection.modify(dn, request, controls=controls)
+            self.connection.modify(dn, request, controls=controls or None)
         except LdapLibraryError as exc:
             raise unavailable(f"writing {dn}", exc) from None
         return self.connection.result or {}
+
+
+def state_assertion(state: QuotaState) -> bytes:
+    """The Assertion control's value: the entry still holds ``state``. An absent
+    isOverQuota reads as FALSE, so "not TRUE" covers both; an absent quotaFreeBytes must
+    still be absent."""
+    over = f"({ATTR_OVER}=TRUE)" if state.over else f"(!({ATTR_OVER}=TRUE))"
+    free = f"(!({ATTR_FREE}=*))" if state.free_bytes is None else f"({ATTR_FREE}={state.free_bytes})"
+    return encode_filter(f"(&{over}{free})")

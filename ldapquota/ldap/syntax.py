@@ -5,7 +5,8 @@ import time
 from typing import Optional
 
 from ldap3.core import exceptions as ldap_exc
-from ldap3.operation.search import parse_filter
+from ldap3.operation.search import compile_filter, parse_filter
+from ldap3.utils.asn1 import encode as ber_encode
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
@@ -20,6 +21,13 @@ def account_filter(base_filter: str, attribute: Optional[str] = None, value: Opt
     if attribute is None:
         return base_filter
     return f"(&{base_filter}({attribute}={escape_value(value or '')}))"
+
+
+def encode_filter(text: str) -> bytes:
+    """A filter as the BER ``Filter`` of RFC 4511 -- what the Assertion control carries
+    (RFC 4528) -- compiled by ldap3's own filter compiler, the one its searches use."""
+    root = parse_filter(text, None, auto_escape=True, auto_encode=True, validator=None, check_names=False)
+    return bytes(ber_encode(compile_filter(root.elements[0])))
 
 
 def check_filter_syntax(text: str) -> None:

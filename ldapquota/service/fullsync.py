@@ -11,10 +11,11 @@ import logging
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 from ldapquota.entry import AccountEntry
-from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SafetyRefusal, SchemaMissing
+from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SafetyRefusal, SchemaMissing, SyncBusy, WriteSuperseded
 from ldapquota.flagstore import FlagStore
 from ldapquota.quota import QuotaState
-from ldapquota.sync import SyncReport, WriteSuperseded, run_sync
+from ldapquota.sync import SyncReport, run_sync
+from ldapquota.synclock import FullSyncLock
 
 if TYPE_CHECKING:
     from ldapquota.service.loop import Service
@@ -26,6 +27,8 @@ REFUSED_RETRY = 600.0
 #: A full sync refused before reading any account (mail store missing or empty: not
 #: mounted yet at boot) is tried again this soon.
 SOURCE_SYNC_RETRY = 30.0
+#: Another full sync of the store (a cron --sync) holds the full-sync lock: try again this soon.
+BUSY_RETRY = 30.0
 
 
 class SyncHooks:
@@ -62,14 +65,15 @@ class SyncTee(FlagStore):
             yield entry
         self.complete = True
 
-    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False) -> None:
+    def write_state(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False,
+                    if_unchanged: bool = False) -> None:
         self.hooks.tick()
         if self.hooks.superseded(dn):
             # An event measured this account after the sync did (a sync measures all
             # before it writes). It is measured again right after the sync.
-            raise WriteSuperseded(dn)
+            raise WriteSuperseded("measured again by an event since this sync measured it; that newer result decides")
         with self.hooks.shielded():
-            self.store.write_state(dn, old, new, has_class, noop=noop)
+            self.store.write_state(dn, old, new, has_class, noop=noop, if_unchanged=if_unchanged)
         self.hooks.written(dn, new)
 
     def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:
@@ -107,6 +111,25 @@ class DaemonFullSync:
         self.service = service
 
     def run(self) -> None:
+        """One full sync, under the full-sync lock (docs/contract.md §5): while a cron
+        ``--sync`` of the same store runs, this one waits for a later turn."""
+        try:
+            lock = FullSyncLock(self.service.config).acquire()
+        except SyncBusy as exc:
+            self._busy(exc)
+            return
+        with lock:
+            self._run()
+
+    def _busy(self, exc: SyncBusy) -> None:
+        service = self.service
+        retry = min(service.config.daemon.interval, BUSY_RETRY)
+        # Events are still written meanwhile; held changes wait, as after any sync that did not pass.
+        level = log.info if type(exc) is SyncBusy else log.error
+        level("full sync postponed: %s. Next try in %gs", exc, retry)
+        service.full_sync.retry(service.clock(), retry)
+
+    def _run(self) -> None:
         service = self.service
         config = service.config
         started_wall = service.wall()
