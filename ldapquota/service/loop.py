@@ -42,7 +42,8 @@ from ldapquota.service.pending import PendingWrites
 from ldapquota.service.refresher import ListingPace, RefreshWindow, list_accounts, refresh
 from ldapquota.service.table import AccountTable, dn_key
 from ldapquota.settings import Config
-from ldapquota.sources.base import ChangeFeed
+from ldapquota.sources import open_source
+from ldapquota.sources.base import ChangeFeed, UsageSource
 from ldapquota.sync import Change
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,17 @@ class Service:
     """The daemon's state and loop. ``run()`` returns the exit code (0 after SIGTERM)."""
 
     def __init__(self, config: Config, *, config_path: str, verbosity: int = 0,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 source_factory: Callable[[Config], UsageSource] = open_source,
+                 store_factory: Optional[Callable[[Config], FlagStore]] = None):
+        """``source_factory`` and ``store_factory`` make the usage source and the store
+        connections from a configuration (the configured ones unless given: tests give fakes)."""
         self.config_path = config_path
         self.verbosity = verbosity
         self.clock = clock
         self.wall = wall
+        self.source_factory = source_factory
+        self.store_factory = store_factory
         self.stop = StopSwitch()
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -79,7 +86,7 @@ class Service:
     def _apply(self, config: Config, *, first: bool = False) -> None:
         """Take ``config`` (at start and on a reload that changed what measuring reads)."""
         self.config = config
-        self.evaluator = Evaluator(config)
+        self.evaluator = self.new_evaluator(config)
         now = self.clock()
         daemon = config.daemon
         if first:
@@ -100,7 +107,12 @@ class Service:
 
     def new_store(self) -> FlagStore:
         """A store connection (not yet connected) under the current configuration."""
+        if self.store_factory is not None:
+            return self.store_factory(self.config)
         return open_store(self.config, receive_timeout=RECEIVE_TIMEOUT)
+
+    def new_evaluator(self, config: Config) -> Evaluator:
+        return Evaluator(config, self.source_factory(config))
 
     # ------------------------------------------------------------------ signals
 
@@ -129,6 +141,22 @@ class Service:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
+        self.start()
+        try:
+            while not self.stop.requested:
+                self.step()
+                if not self.stop.requested:
+                    self._wait()
+        except Stopping:
+            pass
+        finally:
+            self.close()
+        left = len(self.pending)
+        log.info("stopped%s", f"; {left} pending change(s) left for the next full sync" if left else "")
+        return 0
+
+    def start(self) -> None:
+        """Open the change feed (before the first :meth:`step`)."""
         daemon = self.config.daemon
         self.feed = self.evaluator.source.feed(daemon)
         self.table.feed = self.feed
@@ -138,22 +166,17 @@ class Service:
             os.getpid(), self.config_path, self.config.mailboxes.source, daemon.interval, daemon.account_refresh,
             daemon.over_recheck, self.feed.description,
         )
-        try:
-            while not self.stop.requested:
-                self._turn()
-        except Stopping:
-            pass
-        finally:
-            self.link.close()
-            self.feed.close()
-            self.evaluator.close()
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
-        left = len(self.pending)
-        log.info("stopped%s", f"; {left} pending change(s) left for the next full sync" if left else "")
-        return 0
 
-    def _turn(self) -> None:
+    def close(self) -> None:
+        self.link.close()
+        if self.feed is not None:
+            self.feed.close()
+        self.evaluator.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def step(self) -> None:
+        """One turn of the loop without its wait: whatever is due now."""
         if self._reload:
             self._reload = False
             from ldapquota.service.reload import reload_config
@@ -176,8 +199,6 @@ class Service:
             for key in self.table.over:
                 self.debouncer.touch(key, now, delay=0.0)
             self.recheck.done(now)
-        if not self.stop.requested:
-            self._wait()
 
     def _wait(self) -> None:
         assert self.feed is not None

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from ldapquota import log as logsetup
 from ldapquota.config import load_config
 from ldapquota.errors import ConfigError
-from ldapquota.evaluation import Evaluator
 from ldapquota.service.table import make_layout
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ def reload_config(service: "Service") -> None:
     measuring = (new.ldap, new.accounts, new.mailboxes, new.policy)
     if measuring != (old.ldap, old.accounts, old.mailboxes, old.policy):
         service.evaluator.close()
-        service.evaluator = Evaluator(new)
+        service.evaluator = service.new_evaluator(new)
         service.table.layout = make_layout(service.evaluator.attributes)
         service.pending.max_changes = new.policy.max_changes
         service.full_sync.soon(now)

@@ -1,0 +1,237 @@
+"""The daemon's loop (ldapquota/service/loop.py) driven in-process, one turn at a time
+(``Service.step``, without its wait), over a fake store and a fake mail store with a clock
+the test moves. What a real slapd and real maildirs add is tests/test_daemon.py."""
+
+import logging
+
+import pytest
+import yaml
+from fakes import EPOCH, STATUS_DN, FakeClock, FakeDirectory, FakeSource
+
+from ldapquota.config import parse_config
+from ldapquota.errors import SafetyRefusal
+from ldapquota.quota import QuotaState
+from ldapquota.service.loop import Service
+
+DAEMON = {"interval": "1h", "account_refresh": "60s", "debounce": "0.5s", "over_recheck": "30s", "poll_interval": "30s"}
+
+
+class Harness:
+    """A Service over fakes; ``clock`` is its monotonic clock, the wall (and the server's)
+    clock is EPOCH plus it."""
+
+    def __init__(self, tmp_path, *, policy=None, daemon=None):
+        self.clock = FakeClock(1000.0)
+        self.directory = FakeDirectory(self.wall)
+        self.source = FakeSource()
+        text = yaml.safe_dump({
+            "ldap": {"uri": "ldap://127.0.0.1:9", "base_dn": "ou=people,dc=example,dc=org", "status_dn": STATUS_DN},
+            "accounts": {"quota_attribute": "mailQuota"},
+            "mailboxes": {"root": str(tmp_path), "workers": 0},
+            "policy": {"max_changes": "100%", "free_margin": 0, **(policy or {})},
+            "daemon": {**DAEMON, "pidfile": str(tmp_path / "ldapquota.pid"), **(daemon or {})},
+        })
+        self.config_path = tmp_path / "ldapquota.yaml"
+        self.config_path.write_text(text)
+        self.config = parse_config(text, str(self.config_path))
+        self.service = Service(self.config, config_path=str(self.config_path), clock=self.clock, wall=self.wall,
+                               source_factory=self._source, store_factory=lambda config: self.directory.store())
+
+    def _source(self, config):
+        self.source.config = config
+        return self.source
+
+    def wall(self):
+        return EPOCH + self.clock()
+
+    @property
+    def feed(self):
+        return self.source.current_feed
+
+    def account(self, address, *, quota="1000", used=0, over=None):
+        if used is not None:
+            self.source.set_usage(address, used)
+        return self.directory.add_account(address, quota=quota, over=over)
+
+    def start(self):
+        """Started, and the first full sync done."""
+        self.service.start()
+        self.service.step()
+        assert self.service.ready
+        return self
+
+    def step(self, advance=0.0):
+        self.clock.advance(advance)
+        self.service.step()
+
+    def deliver(self, address, used):
+        """Mail arrives (or is deleted): the mailbox's usage changes and the feed says so."""
+        self.source.set_usage(address, used)
+        self.feed.push(address)
+
+    def settle(self):
+        """The turn that notices the events, and the one after the debounce (a mailbox
+        measured within it is measured again only at its end)."""
+        self.step()
+        self.step(0.5)
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def make(**kwargs):
+        harness = Harness(tmp_path, **kwargs)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.service.close()
+
+
+def test_the_first_full_sync_builds_the_table_and_marks_ready(make, caplog):
+    caplog.set_level(logging.INFO)
+    h = make()
+    under = h.account("under@example.org", used=10)
+    full = h.account("full@example.org", used=2000)
+    gone = h.account("nomail@example.org", used=None)  # no mailbox yet
+    h.service.start()
+    assert not h.service.ready
+    h.service.step()
+    assert h.service.ready and "ready: 3 accounts" in caplog.text
+    assert sorted(h.service.table.records) == sorted(dn.lower() for dn in (under, full, gone))
+    assert h.feed.followed == {"under@example.org", "full@example.org", "nomail@example.org"}
+    assert h.directory.flag(full) == "TRUE" and h.directory.flag(under) is None
+    assert h.service.table.over == {full.lower()}
+    assert len(h.directory.sync_times) == 1
+    # Next: the account refresh in a minute, the next full sync in an hour.
+    assert h.service.refresh.due_at == h.clock() + 60 and h.service.full_sync.due_at == h.clock() + 3600
+
+
+def test_an_event_is_measured_and_written_at_once_and_the_rest_of_a_burst_at_its_end(make):
+    h = make()
+    h.account("first@example.org", used=10)
+    h.start()
+    dn = h.account("a@example.org", used=10)
+    h.step(60)  # the account refresh finds the new account
+    h.step()
+    assert dn.lower() in h.service.table.records and h.directory.flag(dn) is None
+    h.step(1)  # a quiet mailbox
+    h.deliver("a@example.org", 5000)
+    measured = len(h.source.measured)
+    h.step()
+    assert len(h.source.measured) == measured + 1
+    assert h.directory.flag(dn) == "TRUE" and not h.service.pending
+    assert h.service.table.get(dn.lower()).state == QuotaState(True, 0)
+    h.deliver("a@example.org", 10)  # within daemon.debounce: folded into one more look
+    h.step(0.1)
+    assert len(h.source.measured) == measured + 1 and h.directory.flag(dn) == "TRUE"
+    h.step(0.4)
+    assert len(h.source.measured) == measured + 2 and h.directory.flag(dn) == "FALSE"
+
+
+def test_changes_wait_while_the_store_is_down_and_are_written_when_it_is_back(make, caplog):
+    h = make()
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    h.directory.down = "server stopped"
+    h.deliver("a@example.org", 5000)
+    h.settle()
+    assert len(h.service.pending) == 1 and not h.service.link.up
+    assert "LDAP unavailable" in caplog.text and "1 change(s) pending" in caplog.text
+    connects = h.directory.connects
+    h.step(0.1)  # within the backoff: no new try
+    assert h.directory.connects == connects and len(h.service.pending) == 1
+    h.directory.down = None
+    h.step(h.service.link.retry_at - h.clock())
+    assert h.directory.flag(dn) == "TRUE" and not h.service.pending and h.service.link.up
+
+
+def test_a_flag_someone_else_changed_is_decided_again_by_the_account_refresh(make):
+    h = make()
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    h.clock.advance(5)
+    h.directory.modify(dn, isOverQuota="TRUE")  # a hand edit: mail is refused for nothing
+    h.step(60)  # the account refresh reads it
+    h.step()  # and measures it again
+    assert h.directory.flag(dn) == "FALSE"
+    assert h.directory.writes[-1].new == QuotaState(False, None)
+
+
+def test_a_full_sync_refused_for_max_changes_holds_event_flips_until_a_sync_passes(make, caplog):
+    h = make(policy={"max_changes": 1})
+    dns = [h.account(f"u{n}@example.org", used=10) for n in range(4)]
+    h.start()
+    for n in range(4):  # a bulk change: every mailbox over quota at once
+        h.deliver(f"u{n}@example.org", 5000)
+    writes = len(h.directory.writes)
+    h.settle()
+    # One flip is within the budget; the rest asked for a full sync, which refused.
+    assert len(h.directory.writes) == writes + 1
+    assert h.service.refused and "full sync refused" in caplog.text
+    assert len(h.service.pending) == 3
+    h.step(120)
+    assert len(h.directory.writes) == writes + 1 and len(h.service.pending) == 3
+    # The mail store is put right; the next try of the full sync passes (one flip left).
+    for n in (1, 2):
+        h.deliver(f"u{n}@example.org", 10)
+    h.step(h.service.full_sync.due_at - h.clock())
+    assert not h.service.refused
+    h.step()  # what was held is decided again against the store
+    flags = [h.directory.flag(dn) for dn in dns]
+    assert sorted(flag or "FALSE" for flag in flags) == ["FALSE", "FALSE", "TRUE", "TRUE"]
+    assert not h.service.pending
+    for n, dn in enumerate(dns):
+        assert (h.directory.flag(dn) == "TRUE") == (h.source.usage[f"u{n}@example.org"].bytes > 1000)
+
+
+def test_while_the_mail_store_is_unready_nothing_is_measured_or_written(make):
+    h = make()
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    h.source.ready_error = SafetyRefusal("mailboxes.root is empty (not mounted?)")
+    h.deliver("a@example.org", 5000)
+    measured = len(h.source.measured)
+    h.settle()
+    h.step(1)
+    assert len(h.source.measured) == measured and h.directory.flag(dn) is None
+    h.source.ready_error = None
+    h.step(5)
+    assert h.directory.flag(dn) == "TRUE" and h.source.reopened >= 1
+
+
+def test_over_quota_mailboxes_are_measured_again_without_events(make):
+    h = make()
+    dn = h.account("a@example.org", used=5000)
+    h.start()
+    assert h.directory.flag(dn) == "TRUE"
+    h.source.set_usage("a@example.org", 10)  # freed where no notification reaches (NFS)
+    h.step(30)
+    h.step()
+    assert h.directory.flag(dn) == "FALSE"
+
+
+def test_disabled_and_deleted_accounts_are_forgotten(make):
+    h = make()
+    disabled = h.account("disabled@example.org")
+    deleted = h.account("deleted@example.org")
+    h.start()
+    h.clock.advance(5)
+    h.directory.set_account(disabled, False)
+    h.directory.delete(deleted)
+    h.step(60)  # the refresh: departed; the first DN listing: deleted
+    assert disabled.lower() not in h.service.table.records
+    assert deleted.lower() not in h.service.table.records
+    assert h.feed.followed == set()
+
+
+def test_a_lost_notification_runs_a_full_sync(make):
+    h = make()
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    h.source.set_usage("a@example.org", 5000)  # its event was lost
+    h.feed.push(overflow=True)
+    h.step()
+    assert h.directory.flag(dn) == "TRUE"
