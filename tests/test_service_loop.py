@@ -237,3 +237,41 @@ def test_a_lost_notification_runs_a_full_sync(make):
     h.step()
     assert h.directory.flag(dn) == "TRUE"
 
+
+def test_a_full_sync_asked_for_while_one_runs_runs_after_it(make):
+    h = make()
+    early = h.account("a@example.org", used=10)
+    h.account("b@example.org", used=10)
+    h.start()
+
+    def meanwhile(mailbox):
+        # While the sync measures b (a is measured already), a fills up and its
+        # notification is lost in an overflow: only another full sync can notice.
+        if mailbox == "b@example.org":
+            h.clock.advance(1)
+            h.source.set_usage("a@example.org", 5000)
+            h.feed.push(overflow=True)
+
+    h.source.on_measure = meanwhile
+    h.service.request_full_sync()
+    h.step()
+    h.source.on_measure = None
+    assert h.directory.flag(early) is None  # the sync measured a before it filled up
+    h.step()
+    assert h.directory.flag(early) == "TRUE"
+
+
+def test_flips_held_during_a_full_sync_do_not_ask_for_another_one(make):
+    h = make(policy={"max_changes": 0})
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    due = h.service.full_sync.due_at
+    h.source.set_usage("a@example.org", 5000)
+    h.service.in_sync = True  # as from the progress callback of a running sync
+    h.feed.push("a@example.org")
+    for seconds in (0.1, 0.5):  # ticks: the event noticed, then measured after the debounce
+        h.clock.advance(seconds)
+        h.service.background_tick()
+    assert h.service.pending.budget_spent and len(h.service.pending) == 1
+    assert h.service.full_sync.due_at == due  # the running sync decides, then the held flip
+    assert h.directory.flag(dn) is None

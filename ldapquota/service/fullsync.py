@@ -143,6 +143,11 @@ class DaemonFullSync:
         store = service.new_store()
         tee = SyncTee(store, service.sync_hooks())
         succeeded = False
+        # A full sync asked for while this one runs (SIGUSR1, lost notifications) runs after
+        # it: this one may have measured those mailboxes before. Until then, a request is
+        # the only thing that sets a due time.
+        full_sync = service.full_sync
+        due_before, full_sync.due_at = full_sync.due_at, float("inf")
         try:
             with service.stop.abandonable():
                 store.connect()
@@ -152,16 +157,20 @@ class DaemonFullSync:
                 report = run_sync(config, tee, source=service.evaluator.source, progress=lambda _: service.background_tick(),
                                   workers=config.mailboxes.workers or 0)
         except SafetyRefusal as exc:
+            asked = full_sync.due_at
             self._refused(exc, tee.complete)
         except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
+            asked = due_before  # still due: tried again when the store allows
             log.error("full sync failed: %s", exc)
             service.link.failed(exc, len(service.pending))
         else:
+            asked = full_sync.due_at
             succeeded = True
             self._passed(report, started_wall)
         finally:
             store.close()
             service.in_sync = False
+        full_sync.soon(asked)
         self._measure_again(succeeded)
         if not service.ready and (succeeded or tee.complete):
             service.ready = True

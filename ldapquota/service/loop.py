@@ -304,7 +304,7 @@ class Service:
         failure = self.pending.flush(store, self.table, stopping=lambda: self.stop.requested, shielded=self.stop.shielded)
         if failure is not None:
             self.link.failed(failure, len(self.pending))
-        if self.pending.budget_spent and not self.refused:
+        if self.pending.budget_spent and not self.refused and not self.in_sync:  # (a running sync decides)
             self.full_sync.soon(self.clock())
 
     def background_tick(self) -> None:
