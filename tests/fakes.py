@@ -261,6 +261,8 @@ class FakeStore(FlagStore):
         entry = directory.entries.get(dn.lower())
         if entry is None:
             raise EntryWriteError(f"ldap.status_dn {dn} does not exist")
+        if dn.lower() in directory.failing:
+            raise EntryWriteError(directory.failing[dn.lower()])
         if noop:
             return
         entry.put(ATTR_SYNC_TIME, [str(int(epoch))])

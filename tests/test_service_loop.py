@@ -275,3 +275,20 @@ def test_flips_held_during_a_full_sync_do_not_ask_for_another_one(make):
     assert h.service.pending.budget_spent and len(h.service.pending) == 1
     assert h.service.full_sync.due_at == due  # the running sync decides, then the held flip
     assert h.directory.flag(dn) is None
+
+
+def test_the_server_clock_is_learnt_only_from_a_sync_time_just_written(make, caplog):
+    caplog.set_level(logging.INFO)
+    h = make()
+    h.account("a@example.org", used=10)
+    h.clock.advance(86400)  # the status entry was last written a day ago
+    h.directory.failing[STATUS_DN.lower()] = "insufficient access to quotaSyncTime"
+    h.start()
+    assert "insufficient access to quotaSyncTime" in caplog.text and h.directory.sync_times == []
+    # Its modification time is a day old, not the server's "now": nothing to learn from it.
+    assert h.service.window.server_offset == 0.0 and "clock is" not in caplog.text
+    del h.directory.failing[STATUS_DN.lower()]
+    h.clock.advance(0.5)
+    h.service.request_full_sync()
+    h.step()
+    assert len(h.directory.sync_times) == 1 and -1.0 <= h.service.window.server_offset <= 0.0

@@ -579,8 +579,9 @@ def test_a_superseded_write_is_not_written():
     tee.write_state(mine, UNDER, OVER, False)
     assert [w.dn for w in directory.writes] == [mine] and hooks.written == [(mine, OVER)]
     assert hooks.ticks == 2 and hooks.shields == 1
+    assert not tee.sync_time_written
     tee.write_sync_time(STATUS_DN, EPOCH)
-    assert directory.sync_times == [EPOCH] and hooks.shields == 2
+    assert directory.sync_times == [EPOCH] and hooks.shields == 2 and tee.sync_time_written
 
 
 def test_the_tee_passes_reads_through_to_its_store():

@@ -50,6 +50,7 @@ class SyncTee(FlagStore):
         self.hooks = hooks
         self.server = store.server
         self.complete = False  # the account search ran to its end
+        self.sync_time_written = False  # quotaSyncTime was set on the status entry
 
     def connect(self) -> "SyncTee":
         self.store.connect()
@@ -79,6 +80,7 @@ class SyncTee(FlagStore):
     def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:
         with self.hooks.shielded():
             self.store.write_sync_time(dn, epoch, noop=noop)
+        self.sync_time_written = not noop
 
     # The rest as the store answers it.
 
@@ -166,7 +168,7 @@ class DaemonFullSync:
         else:
             asked = full_sync.due_at
             succeeded = True
-            self._passed(report, started_wall)
+            self._passed(report, started_wall, tee.sync_time_written)
         finally:
             store.close()
             service.in_sync = False
@@ -194,7 +196,7 @@ class DaemonFullSync:
             self._forget_unseen()
         service.full_sync.retry(service.clock(), retry)
 
-    def _passed(self, report: SyncReport, started_wall: float) -> None:
+    def _passed(self, report: SyncReport, started_wall: float, sync_time_written: bool) -> None:
         service = self.service
         if service.refused:
             log.info("full sync passed the safety rules again; event-driven writes resume")
@@ -205,13 +207,15 @@ class DaemonFullSync:
         service.full_sync.done(now)
         service.refresh.done(now)
         service.window.full_sync_began(started_wall)
-        self._learn_server_clock()
+        if sync_time_written:
+            self._learn_server_clock()
         service.listing.schedule(now)
         log.info("full sync: %s", report.summary())
 
     def _learn_server_clock(self) -> None:
         """The status entry was just written (quotaSyncTime): its modification time is the
-        server's "now". Without a status_dn, our clock is taken as the server's."""
+        server's "now". Without a status_dn, our clock is taken as the server's; when that
+        write failed, the offset learnt last stays (the entry's time may be days old)."""
         service = self.service
         status_dn = service.config.ldap.status_dn
         store = service.link.store
