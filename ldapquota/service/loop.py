@@ -30,7 +30,7 @@ from typing import Callable, Optional, Set, Tuple
 
 from ldapquota.accounts import account_from_entry
 from ldapquota.entry import AccountEntry
-from ldapquota.errors import AccountError, DirectoryUnavailable, PermissionDenied, SafetyRefusal, SchemaMissing
+from ldapquota.errors import AccountError, DirectoryUnavailable, SafetyRefusal
 from ldapquota.evaluation import Evaluator
 from ldapquota.flagstore import FlagStore, open_store
 from ldapquota.quota import QuotaState
@@ -39,7 +39,7 @@ from ldapquota.service.control import Stopping, StopSwitch
 from ldapquota.service.fullsync import DaemonFullSync, SyncHooks
 from ldapquota.service.link import ReconnectingStore
 from ldapquota.service.pending import PendingWrites
-from ldapquota.service.refresher import ListingPace, RefreshWindow, list_accounts, refresh
+from ldapquota.service.refresher import DaemonRefresh, ListingPace, RefreshWindow
 from ldapquota.service.table import AccountTable, dn_key
 from ldapquota.settings import Config
 from ldapquota.sources import open_source
@@ -193,7 +193,7 @@ class Service:
             if self.full_sync.is_due(now):
                 self._run_full_sync()
             elif self.refresh.is_due(now):
-                self._run_refresh()
+                DaemonRefresh(self).run()
         now = self.clock()
         if self.recheck.is_due(now):
             for key in self.table.over:
@@ -375,46 +375,3 @@ class Service:
             self.table.set_state(dn_key(dn), new, written=True)
 
         return SyncHooks(self.seen_in_sync, superseded, written, self.background_tick, self.stop.shielded)
-
-    def _run_refresh(self) -> None:
-        """New, changed and removed accounts since the last look, on a connection of its
-        own, so that events keep being handled (and written on the loop's) meanwhile."""
-        if self.link.get(self.stop.abandonable, len(self.pending)) is None:
-            return
-        wall = self.wall()
-        store = self.new_store()
-        self.last_tick = self.clock()
-        attributes = list(self.evaluator.attributes)
-
-        def departed(dn: str) -> None:
-            if dn_key(dn) in self.table.records:
-                self.forget(dn_key(dn), "no longer matches ldap.filter")
-
-        try:
-            with self.stop.abandonable():
-                store.connect()
-                refresh(store, self.window, attributes, wall, changed=self.refreshed, departed=departed,
-                        tick=self.background_tick)
-                if self.listing.is_due(self.clock()):
-                    self._list_accounts(store)
-        except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
-            log.error("account refresh failed: %s", exc)
-            self.link.failed(exc, len(self.pending))
-            return
-        finally:
-            store.close()
-        self.refresh.done(self.clock())
-
-    def _list_accounts(self, store: FlagStore) -> None:
-        """Deleted accounts leave no modification time behind: compare a DN-only listing.
-        (Their flags no longer matter to the MTA, whose lookup finds no entry: this only
-        stops watching them, so it is paced to stay cheap on big directories.)"""
-        started = self.clock()
-        present = list_accounts(store, self.background_tick)
-        gone = [key for key in self.table.records if key not in present]
-        for key in gone:
-            self.forget(key, "is gone from LDAP")
-        took = self.clock() - started
-        self.listing.took(took, self.config.daemon.account_refresh, self.clock())
-        log.debug("account listing: %d accounts, %d gone, %.2fs; next in %.0fs", len(present), len(gone), took,
-                  self.listing.every)

@@ -4,14 +4,20 @@ Accounts modified since the last look are read again (by modification time, in t
 store's clock); accounts that no longer match the filter are forgotten; a DN-only listing,
 paced so it stays cheap, notices deleted accounts (which leave no modification time).
 
-:class:`RefreshWindow` is the pure part: from which moment to ask, in the server's time.
+:class:`RefreshWindow` is the pure part: from which moment to ask, in the server's time;
+:class:`DaemonRefresh` runs one refresh for the daemon's loop.
 """
 
 import logging
-from typing import Callable, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Set
 
 from ldapquota.entry import AccountEntry
+from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SchemaMissing
 from ldapquota.flagstore import FlagStore
+from ldapquota.service.table import dn_key
+
+if TYPE_CHECKING:
+    from ldapquota.service.loop import Service
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +118,55 @@ def list_accounts(store: FlagStore, tick: Callable[[], None]) -> Set[str]:
         present.add(dn.lower())
         tick()
     return present
+
+
+class DaemonRefresh:
+    """One account refresh of the daemon: new, changed and removed accounts since the last
+    look, on a connection of its own, so that events keep being handled (and written on
+    the loop's) meanwhile."""
+
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def run(self) -> None:
+        service = self.service
+        if service.link.get(service.stop.abandonable, len(service.pending)) is None:
+            return
+        wall = service.wall()
+        store = service.new_store()
+        service.last_tick = service.clock()
+        attributes = list(service.evaluator.attributes)
+
+        def departed(dn: str) -> None:
+            if dn_key(dn) in service.table.records:
+                service.forget(dn_key(dn), "no longer matches ldap.filter")
+
+        try:
+            with service.stop.abandonable():
+                store.connect()
+                refresh(store, service.window, attributes, wall, changed=service.refreshed, departed=departed,
+                        tick=service.background_tick)
+                if service.listing.is_due(service.clock()):
+                    self._list_accounts(store)
+        except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
+            log.error("account refresh failed: %s", exc)
+            service.link.failed(exc, len(service.pending))
+            return
+        finally:
+            store.close()
+        service.refresh.done(service.clock())
+
+    def _list_accounts(self, store: FlagStore) -> None:
+        """Deleted accounts leave no modification time behind: compare a DN-only listing.
+        (Their flags no longer matter to the MTA, whose lookup finds no entry: this only
+        stops watching them, so it is paced to stay cheap on big directories.)"""
+        service = self.service
+        started = service.clock()
+        present = list_accounts(store, service.background_tick)
+        gone = [key for key in service.table.records if key not in present]
+        for key in gone:
+            service.forget(key, "is gone from LDAP")
+        took = service.clock() - started
+        service.listing.took(took, service.config.daemon.account_refresh, service.clock())
+        log.debug("account listing: %d accounts, %d gone, %.2fs; next in %.0fs", len(present), len(gone), took,
+                  service.listing.every)
