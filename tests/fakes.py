@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from ldapquota.entry import ATTR_FREE, ATTR_OVER, ATTR_SYNC_TIME, OBJECT_CLASS, AccountEntry
 from ldapquota.errors import AccountError, DirectoryUnavailable, EntryWriteError, MeasureError, WriteSuperseded
@@ -29,15 +29,19 @@ from ldapquota.sources.base import ChangeFeed, FeedChanges, MailboxRequest, Meas
 BASE_DN = "ou=people,dc=example,dc=org"
 STATUS_DN = "cn=ldapquota,dc=example,dc=org"
 EPOCH = 1_700_000_000.0  # where the fake wall clocks start
+T = TypeVar("T")
 
 
 class FakeClock:
-    """Seconds; starts at ``start`` and moves only when the test says so."""
+    """Seconds; starts at ``start`` and moves only when the test says so (``advance``, or
+    ``drift``: so much more at every reading, for time passing inside one call)."""
 
     def __init__(self, start: float = 1000.0):
         self.now = start
+        self.drift = 0.0
 
     def __call__(self) -> float:
+        self.now += self.drift
         return self.now
 
     def advance(self, seconds: float) -> float:
@@ -100,6 +104,7 @@ class FakeDirectory:
         self.sync_times: List[float] = []
         self.connects = 0
         self.searches = 0
+        self.page_size = 1000  # entries a search reads at a time (as LDAP's paged results)
         self.add(STATUS_DN, {"objectClass": ["top", "device"]}, account=False)
 
     # ---- what the test sets up and changes ("someone else" editing the directory)
@@ -187,35 +192,37 @@ class FakeStore(FlagStore):
         self.connected = False
         self.closed = True
 
-    def _listing(self, wanted: Callable[[FakeEntry], bool]) -> Iterator[FakeEntry]:
-        """Entries in DN order, as a stream; an outage part-way raises (never a short list)."""
+    def _listing(self, wanted: Callable[[FakeEntry], bool], make: Callable[[FakeEntry], T]) -> Iterator[T]:
+        """Entries in DN order, read a page at a time as a paged search is (a page's entries
+        are as they were when the page was read); an outage shows at the next page, and
+        raises: never a short list."""
         directory = self._check()
         directory.searches += 1
         matches = [entry for _, entry in sorted(directory.entries.items()) if wanted(entry)]
-        for entry in matches:
+        size = directory.page_size
+        for start in range(0, len(matches), size):
             self._check()
-            yield entry
+            yield from [make(entry) for entry in matches[start:start + size]]
         self._check()
 
     def search_accounts(self, attributes: Sequence[str]) -> Iterator[AccountEntry]:
-        for entry in self._listing(lambda entry: entry.account):
-            yield entry.project(attributes)
+        return self._listing(lambda entry: entry.account, lambda entry: entry.project(attributes))
 
     def find_accounts(self, address: str, attributes: Sequence[str]) -> List[AccountEntry]:
-        return [entry.project(attributes)
-                for entry in self._listing(lambda entry: entry.account and address.lower() in (v.lower() for v in entry.get("mail")))]
+        def matches(entry: FakeEntry) -> bool:
+            return entry.account and address.lower() in (value.lower() for value in entry.get("mail"))
+
+        return list(self._listing(matches, lambda entry: entry.project(attributes)))
 
     def changed_accounts(self, attributes: Sequence[str], since: float) -> Iterator[Tuple[AccountEntry, Optional[float]]]:
-        for entry in self._listing(lambda entry: entry.account and entry.modified >= since):
-            yield entry.project(attributes), entry.modified
+        return self._listing(lambda entry: entry.account and entry.modified >= since,
+                             lambda entry: (entry.project(attributes), entry.modified))
 
     def departed_accounts(self, since: float) -> Iterator[str]:
-        for entry in self._listing(lambda entry: not entry.account and entry.modified >= since):
-            yield entry.dn
+        return self._listing(lambda entry: not entry.account and entry.modified >= since, lambda entry: entry.dn)
 
     def account_dns(self) -> Iterator[str]:
-        for entry in self._listing(lambda entry: entry.account):
-            yield entry.dn
+        return self._listing(lambda entry: entry.account, lambda entry: entry.dn)
 
     def read_entry(self, dn: str, attributes: Sequence[str]) -> Optional[AccountEntry]:
         entry = self._check().entries.get(dn.lower())

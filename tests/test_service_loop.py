@@ -292,3 +292,42 @@ def test_the_server_clock_is_learnt_only_from_a_sync_time_just_written(make, cap
     h.service.request_full_sync()
     h.step()
     assert len(h.directory.sync_times) == 1 and -1.0 <= h.service.window.server_offset <= 0.0
+
+
+def test_a_flag_an_event_writes_while_a_full_sync_reads_is_not_taken_back(make, monkeypatch):
+    # The sync reads a page of accounts, then measures them a batch at a time; the events
+    # handled between two batches may write an account whose entry, read before that
+    # write, is still to come from the page.
+    monkeypatch.setattr("ldapquota.parallel.BATCH_SIZE", 2)
+    h = make()
+    dns = [h.account(f"u{n}@example.org", used=10) for n in range(4)]
+    h.start()
+    h.deliver("u3@example.org", 5000)
+    h.step()  # noticed; measured after the debounce, which ends during the sync below
+    h.source.on_measure = lambda mailbox: h.clock.advance(0.3)
+    h.service.request_full_sync()
+    h.step()
+    h.source.on_measure = None
+    assert h.directory.flag(dns[3]) == "TRUE"
+    assert h.service.table.get(dns[3].lower()).state == h.directory.state(dns[3])
+    h.deliver("u3@example.org", 10)  # mail deleted
+    h.settle()
+    assert h.directory.flag(dns[3]) == "FALSE"
+
+
+def test_a_flag_an_event_writes_while_an_account_refresh_reads_is_not_taken_back(make):
+    h = make()
+    dns = [h.account(f"u{n}@example.org", used=10) for n in range(4)]
+    h.start()  # the first refresh reads these four again (modified just before the sync)
+    h.step(59.8)
+    h.deliver("u3@example.org", 5000)
+    h.step()  # noticed; due at the end of the debounce, while the refresh below reads
+    h.clock.drift = 0.05  # time passes as the refresh goes: events are handled meanwhile
+    h.step(0.3)
+    h.clock.drift = 0.0
+    assert len(h.source.feeds) == 1 and h.service.refresh.due_at > h.clock()  # the refresh ran
+    assert h.directory.written(dns[3]) == [QuotaState(True, 0)]
+    assert h.service.table.get(dns[3].lower()).state == h.directory.state(dns[3])
+    h.deliver("u3@example.org", 10)  # mail deleted
+    h.settle()
+    assert h.directory.flag(dns[3]) == "FALSE"

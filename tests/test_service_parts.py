@@ -189,6 +189,7 @@ def test_flush_writes_what_waits_and_only_that(world):
     assert directory.state(dn_a) == OVER and directory.state(dn_b) == QuotaState(False, 800)
     assert table.get(a).state == OVER and table.get(b).state == QuotaState(False, 800)
     assert not pending and pending.flips_since_sync == 1  # b's free bytes are no flip
+    assert pending.written == {a, b}
     assert flush(pending, directory, table) is None and len(directory.writes) == 2
 
 
@@ -557,6 +558,7 @@ def test_a_search_cut_short_leaves_the_tee_incomplete():
     directory = FakeDirectory(FakeClock(EPOCH))
     for n in range(3):
         directory.add_account(f"u{n}@example.org")
+    directory.page_size = 1
     hooks = Hooks()
     tee = SyncTee(directory.store(), hooks.make()).connect()
     stream = tee.search_accounts(["mail"])

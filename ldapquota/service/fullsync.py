@@ -141,6 +141,7 @@ class DaemonFullSync:
         service.evaluator.source.reopen()  # follows a remounted store
         service.in_sync = True
         service.touched_in_sync = set()
+        service.pending.written.clear()
         service.last_tick = service.clock()
         store = service.new_store()
         tee = SyncTee(store, service.sync_hooks())

@@ -29,8 +29,8 @@ import time
 from typing import Callable, Optional, Set, Tuple
 
 from ldapquota.accounts import account_from_entry
-from ldapquota.entry import AccountEntry
-from ldapquota.errors import AccountError, DirectoryUnavailable, SafetyRefusal
+from ldapquota.entry import STATE_ATTRIBUTES, AccountEntry
+from ldapquota.errors import AccountError, DirectoryUnavailable, PermissionDenied, SafetyRefusal
 from ldapquota.evaluation import Evaluator
 from ldapquota.flagstore import FlagStore, open_store
 from ldapquota.quota import QuotaState
@@ -344,13 +344,26 @@ class Service:
         address, mailbox = self.describe(entry)
         key, record, _ = self.table.upsert(entry, address, mailbox)
         record.generation = self.table.generation
-        self.table.set_state(key, entry.quota_state)
+        self.table.set_state(key, self.stored_state(key, entry.quota_state))
+
+    def stored_state(self, key: str, read: QuotaState) -> QuotaState:
+        """What the store holds, as a full sync or refresh ``read`` it; but an account the
+        events wrote since that read began may have been read before the write (a page is
+        read ahead): then the loop's connection, which wrote, is asked."""
+        record = self.table.get(key)
+        if record is None or read == record.state or key not in self.pending.written:
+            return read
+        try:
+            entry = self.link.store.read_entry(record.dn, STATE_ATTRIBUTES) if self.link.store else None
+        except (DirectoryUnavailable, PermissionDenied):
+            entry = None
+        return entry.quota_state if entry is not None else record.state
 
     def refreshed(self, entry: AccountEntry) -> None:
         is_new = dn_key(entry.dn) not in self.table.records
         address, mailbox = self.describe(entry)
         key, record, changed = self.table.upsert(entry, address, mailbox)
-        stored = entry.quota_state
+        stored = self.stored_state(key, entry.quota_state)
         if is_new:
             record.generation = self.table.generation
             log.debug("%s: new account %s", record.address, entry.dn)

@@ -9,7 +9,7 @@ full sync, which applies the rule to all of them.
 """
 
 import logging
-from typing import Callable, ContextManager, Dict, Iterator, Optional
+from typing import Callable, ContextManager, Dict, Iterator, Optional, Set
 
 from ldapquota.errors import DirectoryUnavailable, EntryWriteError, PermissionDenied, SchemaMissing
 from ldapquota.flagstore import FlagStore
@@ -26,6 +26,9 @@ class PendingWrites:
         self._changes: Dict[str, Change] = {}  # account key → the write it waits for
         self.flips_since_sync = 0
         self.budget_spent = False
+        #: Accounts written since the full sync or refresh under way began reading: what it
+        #: read of them may be older than the write. (Emptied as each one begins.)
+        self.written: Set[str] = set()
 
     def __len__(self) -> int:
         return len(self._changes)
@@ -93,6 +96,7 @@ class PendingWrites:
                 return exc
             del self._changes[key]
             table.set_state(key, change.new, written=True)
+            self.written.add(key)
             if change.flip:
                 self.flips_since_sync += 1
             log.info("%s", change.describe())

@@ -135,6 +135,7 @@ class DaemonRefresh:
         wall = service.wall()
         store = service.new_store()
         service.last_tick = service.clock()
+        service.pending.written.clear()
         attributes = list(service.evaluator.attributes)
 
         def departed(dn: str) -> None:
