@@ -218,6 +218,7 @@ def test_disabled_and_deleted_accounts_are_forgotten(make):
     h = make()
     disabled = h.account("disabled@example.org")
     deleted = h.account("deleted@example.org")
+    h.account("stays@example.org")
     h.start()
     h.clock.advance(5)
     h.directory.set_account(disabled, False)
@@ -225,7 +226,7 @@ def test_disabled_and_deleted_accounts_are_forgotten(make):
     h.step(60)  # the refresh: departed; the first DN listing: deleted
     assert disabled.lower() not in h.service.table.records
     assert deleted.lower() not in h.service.table.records
-    assert h.feed.followed == set()
+    assert h.feed.followed == {"stays@example.org"}
 
 
 def test_a_lost_notification_runs_a_full_sync(make):
@@ -331,3 +332,24 @@ def test_a_flag_an_event_writes_while_an_account_refresh_reads_is_not_taken_back
     h.deliver("u3@example.org", 10)  # mail deleted
     h.settle()
     assert h.directory.flag(dns[3]) == "FALSE"
+
+
+def test_a_directory_that_shows_no_account_at_all_is_not_believed(make, caplog):
+    h = make()
+    dns = [h.account(f"u{n}@example.org", used=10) for n in range(2)]
+    h.start()
+    hidden = {dn.lower(): h.directory.entries.pop(dn.lower()) for dn in dns}  # an ACL now hides them all
+    h.step(60)  # the account refresh and its first DN listing
+    assert "listing found no account at all; forgetting none" in caplog.text
+    h.service.request_full_sync()
+    h.step()
+    assert h.service.refused and "matched no account" in caplog.text
+    # Refused: not read as "every account is gone". They stay followed.
+    assert sorted(h.service.table.records) == sorted(hidden)
+    assert h.feed.followed == {"u0@example.org", "u1@example.org"}
+    h.directory.entries.update(hidden)
+    h.deliver("u0@example.org", 5000)
+    h.step(h.service.full_sync.due_at - h.clock())
+    assert not h.service.refused
+    h.settle()
+    assert h.directory.flag(dns[0]) == "TRUE"

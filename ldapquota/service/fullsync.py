@@ -50,6 +50,7 @@ class SyncTee(FlagStore):
         self.hooks = hooks
         self.server = store.server
         self.complete = False  # the account search ran to its end
+        self.accounts = 0  # accounts it returned
         self.sync_time_written = False  # quotaSyncTime was set on the status entry
 
     def connect(self) -> "SyncTee":
@@ -62,6 +63,7 @@ class SyncTee(FlagStore):
 
     def search_accounts(self, attributes: Sequence[str]) -> Iterator[AccountEntry]:
         for entry in self.store.search_accounts(attributes):
+            self.accounts += 1
             self.hooks.seen(entry)
             yield entry
         self.complete = True
@@ -161,7 +163,7 @@ class DaemonFullSync:
                                   workers=config.mailboxes.workers or 0)
         except SafetyRefusal as exc:
             asked = full_sync.due_at
-            self._refused(exc, tee.complete)
+            self._refused(exc, tee.complete, tee.accounts)
         except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
             asked = due_before  # still due: tried again when the store allows
             log.error("full sync failed: %s", exc)
@@ -180,7 +182,7 @@ class DaemonFullSync:
             log.info("ready: %d accounts, %d mailboxes followed with notifications, %d polled",
                      len(service.table), service.feed.watched_count, service.feed.polled_count)
 
-    def _refused(self, exc: SafetyRefusal, complete: bool) -> None:
+    def _refused(self, exc: SafetyRefusal, complete: bool, accounts: int) -> None:
         service = self.service
         first = service.refused is None
         service.refused = str(exc)
@@ -193,7 +195,9 @@ class DaemonFullSync:
             level = log.error if first else log.debug
         level("full sync refused: %s. Nothing was written, and changes found by events are held "
               "until a full sync passes (next try in %gs, or SIGUSR1)", exc, retry)
-        if complete:
+        if complete and accounts:
+            # (A search that matched no account at all is refused because it is not
+            # believed: it does not make every account "gone" either.)
             self._forget_unseen()
         service.full_sync.retry(service.clock(), retry)
 

@@ -164,6 +164,11 @@ class DaemonRefresh:
         service = self.service
         started = service.clock()
         present = list_accounts(store, service.background_tick)
+        if not present and service.table.records:
+            # As a full sync refuses a search that matches no account (a filter or ACL
+            # problem looks exactly like this), no account is taken for gone.
+            log.warning("the account listing found no account at all; forgetting none (ldap.filter, or ACLs?)")
+            present = set(service.table.records)
         gone = [key for key in service.table.records if key not in present]
         for key in gone:
             service.forget(key, "is gone from LDAP")
