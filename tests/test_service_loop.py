@@ -353,3 +353,18 @@ def test_a_directory_that_shows_no_account_at_all_is_not_believed(make, caplog):
     assert not h.service.refused
     h.settle()
     assert h.directory.flag(dns[0]) == "TRUE"
+
+
+def test_an_entry_stamped_in_the_future_does_not_blind_the_account_refresh(make):
+    h = make()
+    h.account("a@example.org", used=10)
+    h.start()
+    # Imported, or replicated from a server whose clock runs an hour ahead.
+    ahead = h.account("ahead@example.org", used=10)
+    h.directory.entries[ahead.lower()].modified += 3600
+    h.step(60)
+    assert ahead.lower() in h.service.table.records
+    full = h.account("new@example.org", used=5000)
+    h.step(60)
+    h.step()
+    assert full.lower() in h.service.table.records and h.directory.flag(full) == "TRUE"

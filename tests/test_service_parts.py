@@ -600,3 +600,17 @@ def test_the_tee_passes_reads_through_to_its_store():
     assert tee.missing_schema() == []
     tee.close()
     assert tee.store.closed
+
+
+def test_a_modification_time_past_the_servers_now_counts_as_now():
+    clock = FakeClock(EPOCH)
+    directory = FakeDirectory(clock)
+    ahead = directory.add_account("ahead@example.org")
+    directory.entries[ahead.lower()].modified = EPOCH + 3600
+    window = RefreshWindow()
+    window.server_offset = 20.0
+    window.full_sync_began(EPOCH)
+    refresh(directory.store().connect(), window, ["mail"], EPOCH + 0.5, changed=lambda e: None,
+            departed=lambda dn: None, tick=lambda: None)
+    assert window.newest == EPOCH + 20
+    assert window.since(EPOCH + 60) == EPOCH + 20  # not an hour ahead

@@ -9,6 +9,7 @@ paced so it stays cheap, notices deleted accounts (which leave no modification t
 """
 
 import logging
+import math
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Set
 
 from ldapquota.entry import AccountEntry
@@ -99,10 +100,16 @@ def refresh(store: FlagStore, window: RefreshWindow, attributes: Sequence[str], 
     start, ``departed`` for each DN modified so that it no longer is an account."""
     since = window.since(wall)
     newest = window.newest
+    # Nothing is modified later than the server's "now": a time past it (an entry imported,
+    # or replicated from a server whose clock is ahead) would have the next refreshes ask
+    # from the future, missing every change until then. Counted as now, it is read again.
+    ceiling = float(math.floor(wall + window.server_offset))
     for entry, stamp in store.changed_accounts(attributes, since):
         changed(entry)
-        if stamp is not None and (newest is None or stamp > newest):
-            newest = stamp
+        if stamp is not None:
+            stamp = min(stamp, ceiling)
+            if newest is None or stamp > newest:
+                newest = stamp
         tick()
     for dn in store.departed_accounts(since):
         departed(dn)
