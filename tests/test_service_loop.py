@@ -11,6 +11,7 @@ from fakes import EPOCH, STATUS_DN, FakeClock, FakeDirectory, FakeSource
 from ldapquota.config import parse_config
 from ldapquota.errors import SafetyRefusal
 from ldapquota.quota import QuotaState
+from ldapquota.service.control import Stopping
 from ldapquota.service.loop import Service
 
 DAEMON = {"interval": "1h", "account_refresh": "60s", "debounce": "0.5s", "over_recheck": "30s", "poll_interval": "30s"}
@@ -24,18 +25,26 @@ class Harness:
         self.clock = FakeClock(1000.0)
         self.directory = FakeDirectory(self.wall)
         self.source = FakeSource()
-        text = yaml.safe_dump({
+        self.settings = {
             "ldap": {"uri": "ldap://127.0.0.1:9", "base_dn": "ou=people,dc=example,dc=org", "status_dn": STATUS_DN},
             "accounts": {"quota_attribute": "mailQuota"},
             "mailboxes": {"root": str(tmp_path), "workers": 0},
             "policy": {"max_changes": "100%", "free_margin": 0, **(policy or {})},
             "daemon": {**DAEMON, "pidfile": str(tmp_path / "ldapquota.pid"), **(daemon or {})},
-        })
+        }
         self.config_path = tmp_path / "ldapquota.yaml"
-        self.config_path.write_text(text)
+        text = self.write_config()
         self.config = parse_config(text, str(self.config_path))
         self.service = Service(self.config, config_path=str(self.config_path), clock=self.clock, wall=self.wall,
                                source_factory=self._source, store_factory=lambda config: self.directory.store())
+
+    def write_config(self, **changes):
+        """The config file, with ``changes`` (section → keys) applied."""
+        for section, values in changes.items():
+            self.settings[section].update(values)
+        text = yaml.safe_dump(self.settings)
+        self.config_path.write_text(text)
+        return text
 
     def _source(self, config):
         self.source.config = config
@@ -368,3 +377,39 @@ def test_an_entry_stamped_in_the_future_does_not_blind_the_account_refresh(make)
     h.step(60)
     h.step()
     assert full.lower() in h.service.table.records and h.directory.flag(full) == "TRUE"
+
+
+def test_a_reload_takes_the_new_file_and_keeps_the_running_one_when_it_is_refused(make, caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    logging_set_up = []  # (the process's logging is left alone: pytest captures it)
+    monkeypatch.setattr("ldapquota.log.configure", lambda *args, **kwargs: logging_set_up.append(args))
+    h = make()
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    h.write_config(policy={"max_changes": 7}, daemon={"debounce": "2s"})
+    h.service.request_reload()
+    h.step()  # the reload, and the full sync it asks for (the policy changed)
+    assert "configuration reloaded" in caplog.text and logging_set_up == [("stderr", "info", 0)]
+    assert h.service.config.policy.max_changes.count == 7 and h.service.pending.max_changes.count == 7
+    assert h.service.debouncer.delay == 2.0 and len(h.directory.sync_times) == 2
+    assert h.service.evaluator.source is h.source
+    h.config_path.write_text("policy: [not, a, mapping\n")
+    h.service.request_reload()
+    h.step()
+    assert "keeping the running configuration" in caplog.text and h.service.config.policy.max_changes.count == 7
+    h.deliver("a@example.org", 5000)
+    h.step()
+    assert h.directory.flag(dn) == "TRUE"
+
+
+def test_a_stop_during_a_full_sync_leaves_it_at_once(make):
+    h = make()
+    dns = [h.account(f"u{n}@example.org", used=5000) for n in range(3)]
+    h.source.on_measure = lambda mailbox: h.service.request_stop()  # SIGTERM while it measures
+    h.service.start()
+    with pytest.raises(Stopping):
+        h.service.step()
+    assert not h.service.in_sync and all(h.directory.flag(dn) is None for dn in dns)
+    assert h.directory.connects == 2 and h.directory.sync_times == []  # the loop's, the sync's
+    assert h.service.run() == 0  # asked to stop: it leaves without another turn
+    assert h.feed.closed

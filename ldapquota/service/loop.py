@@ -168,12 +168,16 @@ class Service:
         )
 
     def close(self) -> None:
+        """Release the store connection, the feed, the source and the wake-up pipe (once)."""
+        if self._wake_w < 0:
+            return
         self.link.close()
         if self.feed is not None:
             self.feed.close()
         self.evaluator.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def step(self) -> None:
         """One turn of the loop without its wait: whatever is due now."""
