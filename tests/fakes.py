@@ -103,7 +103,10 @@ class FakeDirectory:
         self.writes: List[Write] = []
         self.sync_times: List[float] = []
         self.connects = 0
-        self.searches = 0
+        self.searches: Dict[str, int] = {}  # listing method → how many times it was called
+        #: listing method → the error it ends with after its first page (SearchIncomplete
+        #: for a size limit or a referral, PermissionDenied for an ACL, ...).
+        self.cut_short: Dict[str, Exception] = {}
         self.page_size = 1000  # entries a search reads at a time (as LDAP's paged results)
         self.add(STATUS_DN, {"objectClass": ["top", "device"]}, account=False)
 
@@ -192,37 +195,43 @@ class FakeStore(FlagStore):
         self.connected = False
         self.closed = True
 
-    def _listing(self, wanted: Callable[[FakeEntry], bool], make: Callable[[FakeEntry], T]) -> Iterator[T]:
+    def _listing(self, kind: str, wanted: Callable[[FakeEntry], bool], make: Callable[[FakeEntry], T]) -> Iterator[T]:
         """Entries in DN order, read a page at a time as a paged search is (a page's entries
         are as they were when the page was read); an outage shows at the next page, and
-        raises: never a short list."""
+        raises: never a short list. ``kind``: the method, counted in ``searches``, and the
+        key of ``cut_short`` (the error that search ends with after its first page)."""
         directory = self._check()
-        directory.searches += 1
+        directory.searches[kind] = directory.searches.get(kind, 0) + 1
         matches = [entry for _, entry in sorted(directory.entries.items()) if wanted(entry)]
         size = directory.page_size
         for start in range(0, len(matches), size):
             self._check()
             yield from [make(entry) for entry in matches[start:start + size]]
+            if kind in directory.cut_short:
+                raise directory.cut_short[kind]
         self._check()
+        if kind in directory.cut_short:
+            raise directory.cut_short[kind]
 
     def search_accounts(self, attributes: Sequence[str]) -> Iterator[AccountEntry]:
-        return self._listing(lambda entry: entry.account, lambda entry: entry.project(attributes))
+        return self._listing("search_accounts", lambda entry: entry.account, lambda entry: entry.project(attributes))
 
     def find_accounts(self, address: str, attributes: Sequence[str]) -> List[AccountEntry]:
         def matches(entry: FakeEntry) -> bool:
             return entry.account and address.lower() in (value.lower() for value in entry.get("mail"))
 
-        return list(self._listing(matches, lambda entry: entry.project(attributes)))
+        return list(self._listing("find_accounts", matches, lambda entry: entry.project(attributes)))
 
     def changed_accounts(self, attributes: Sequence[str], since: float) -> Iterator[Tuple[AccountEntry, Optional[float]]]:
-        return self._listing(lambda entry: entry.account and entry.modified >= since,
+        return self._listing("changed_accounts", lambda entry: entry.account and entry.modified >= since,
                              lambda entry: (entry.project(attributes), entry.modified))
 
     def departed_accounts(self, since: float) -> Iterator[str]:
-        return self._listing(lambda entry: not entry.account and entry.modified >= since, lambda entry: entry.dn)
+        return self._listing("departed_accounts", lambda entry: not entry.account and entry.modified >= since,
+                             lambda entry: entry.dn)
 
     def account_dns(self) -> Iterator[str]:
-        return self._listing(lambda entry: entry.account, lambda entry: entry.dn)
+        return self._listing("account_dns", lambda entry: entry.account, lambda entry: entry.dn)
 
     def read_entry(self, dn: str, attributes: Sequence[str]) -> Optional[AccountEntry]:
         entry = self._check().entries.get(dn.lower())

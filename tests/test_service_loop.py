@@ -9,7 +9,7 @@ import yaml
 from fakes import EPOCH, STATUS_DN, FakeClock, FakeDirectory, FakeSource
 
 from ldapquota.config import parse_config
-from ldapquota.errors import SafetyRefusal
+from ldapquota.errors import DirectoryUnavailable, SafetyRefusal, SearchIncomplete
 from ldapquota.quota import QuotaState
 from ldapquota.service.control import Stopping
 from ldapquota.service.loop import Service
@@ -413,3 +413,61 @@ def test_a_stop_during_a_full_sync_leaves_it_at_once(make):
     assert h.directory.connects == 2 and h.directory.sync_times == []  # the loop's, the sync's
     assert h.service.run() == 0  # asked to stop: it leaves without another turn
     assert h.feed.closed
+
+
+def test_a_full_sync_the_server_cuts_short_is_retried_calmly_and_events_go_on(make, caplog):
+    h = make()
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    h.directory.cut_short["search_accounts"] = SearchIncomplete("search stopped early because of the size limit")
+    h.service.request_full_sync()
+    h.step()
+    assert "full sync failed" in caplog.text and "LDAP unavailable" not in caplog.text
+    # The server answers: the loop's connection stays, and events are written at once.
+    assert h.service.link.up
+    h.deliver("a@example.org", 5000)
+    h.settle()
+    assert h.directory.flag(dn) == "TRUE"
+    # Each try reads the whole directory: not again at every turn, but backing off.
+    tries = h.directory.searches["search_accounts"]
+    for _ in range(120):
+        h.step(0.5)
+    assert h.directory.searches["search_accounts"] - tries <= 6
+    del h.directory.cut_short["search_accounts"]
+    h.step(h.service.full_sync.due_at - h.clock())
+    assert len(h.directory.sync_times) == 2  # passed
+    assert h.service.full_sync.due_at == h.clock() + 3600
+
+
+def test_an_account_refresh_the_server_cuts_short_is_retried_calmly(make, caplog):
+    h = make()
+    h.account("a@example.org", used=10)
+    h.start()
+    h.directory.cut_short["changed_accounts"] = SearchIncomplete("search returned a referral")
+    h.step(60)
+    assert "account refresh failed" in caplog.text and h.service.link.up
+    tries = h.directory.searches["changed_accounts"]
+    for _ in range(120):
+        h.step(0.5)
+    assert h.directory.searches["changed_accounts"] - tries <= 6
+    del h.directory.cut_short["changed_accounts"]
+    new = h.account("new@example.org", used=10)
+    h.step(60)
+    assert new.lower() in h.service.table.records
+
+
+def test_a_full_sync_whose_connection_breaks_waits_for_the_store(make, caplog):
+    h = make()
+    dn = h.account("a@example.org", used=10)
+    h.start()
+    h.directory.cut_short["search_accounts"] = DirectoryUnavailable("receive timeout")
+    h.service.request_full_sync()
+    h.step()
+    assert "LDAP unavailable: receive timeout" in caplog.text and not h.service.link.up
+    tries = h.directory.searches["search_accounts"]
+    for _ in range(120):  # the store reconnects each time; the full sync backs off anyway
+        h.step(0.5)
+    assert h.directory.searches["search_accounts"] - tries <= 6
+    del h.directory.cut_short["search_accounts"]
+    h.step(h.service.full_sync.due_at - h.clock())
+    assert len(h.directory.sync_times) == 2 and h.directory.flag(dn) is None

@@ -10,12 +10,12 @@ import pytest
 from fakes import EPOCH, STATUS_DN, FakeClock, FakeDirectory, FakeFeed, account_dn
 
 from ldapquota.entry import ATTR_FREE, ATTR_OVER, AccountEntry
-from ldapquota.errors import DirectoryUnavailable, EntryWriteError
+from ldapquota.errors import DirectoryUnavailable, EntryWriteError, PermissionDenied, SchemaMissing, SearchIncomplete
 from ldapquota.quota import QuotaState
 from ldapquota.schedule import Backoff
 from ldapquota.service.control import Stopping, StopSwitch
 from ldapquota.service.fullsync import SyncHooks, SyncTee
-from ldapquota.service.link import ReconnectingStore
+from ldapquota.service.link import ReconnectingStore, breaks_connection
 from ldapquota.service.pending import PendingWrites
 from ldapquota.service.refresher import MODIFY_MARGIN, SECOND_CLOSED, ListingPace, RefreshWindow, list_accounts, refresh
 from ldapquota.service.table import AccountTable, dn_key
@@ -360,6 +360,12 @@ def test_a_stop_while_connecting_is_not_taken_for_an_outage():
     with pytest.raises(Stopping):
         link.get(switch.abandonable, pending=0)
     assert link.factory.calls == 0 and link.down_since is None
+
+
+def test_only_an_unreachable_store_is_taken_for_a_lost_connection():
+    assert breaks_connection(DirectoryUnavailable("connection refused"))
+    for answered in (SearchIncomplete("size limit"), PermissionDenied("insufficient access"), SchemaMissing("x")):
+        assert not breaks_connection(answered)
 
 
 # --------------------------------------------------------------------------- the refresh window

@@ -14,6 +14,7 @@ from ldapquota.entry import AccountEntry
 from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SafetyRefusal, SchemaMissing, SyncBusy, WriteSuperseded
 from ldapquota.flagstore import FlagStore
 from ldapquota.quota import QuotaState
+from ldapquota.service.link import breaks_connection
 from ldapquota.sync import SyncReport, run_sync
 from ldapquota.synclock import FullSyncLock
 
@@ -152,7 +153,7 @@ class DaemonFullSync:
         # it: this one may have measured those mailboxes before. Until then, a request is
         # the only thing that sets a due time.
         full_sync = service.full_sync
-        due_before, full_sync.due_at = full_sync.due_at, float("inf")
+        full_sync.due_at = float("inf")
         try:
             with service.stop.abandonable():
                 store.connect()
@@ -165,9 +166,8 @@ class DaemonFullSync:
             asked = full_sync.due_at
             self._refused(exc, tee.complete, tee.accounts)
         except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
-            asked = due_before  # still due: tried again when the store allows
-            log.error("full sync failed: %s", exc)
-            service.link.failed(exc, len(service.pending))
+            asked = full_sync.due_at
+            self._failed(exc)
         else:
             asked = full_sync.due_at
             succeeded = True
@@ -182,8 +182,20 @@ class DaemonFullSync:
             log.info("ready: %d accounts, %d mailboxes followed with notifications, %d polled",
                      len(service.table), service.feed.watched_count, service.feed.polled_count)
 
+    def _failed(self, exc: Exception) -> None:
+        """Each try reads the whole directory: the next one backs off, even when the store
+        is reachable again at once (a server that answers, but cuts the search short or
+        times out on it, would otherwise be searched in full every second)."""
+        service = self.service
+        delay = min(service.sync_retry.next_delay(), service.config.daemon.interval)
+        log.error("full sync failed: %s; next try in %.0fs", exc, delay)
+        service.full_sync.retry(service.clock(), delay)
+        if breaks_connection(exc):
+            service.link.failed(exc, len(service.pending))
+
     def _refused(self, exc: SafetyRefusal, complete: bool, accounts: int) -> None:
         service = self.service
+        service.sync_retry.reset()
         first = service.refused is None
         service.refused = str(exc)
         retry = min(service.config.daemon.interval, REFUSED_RETRY)
@@ -206,6 +218,7 @@ class DaemonFullSync:
         if service.refused:
             log.info("full sync passed the safety rules again; event-driven writes resume")
         service.refused = None
+        service.sync_retry.reset()
         service.pending.sync_passed()
         self._forget_unseen()
         now = service.clock()

@@ -3,7 +3,7 @@
 import logging
 from typing import Callable, ContextManager, Optional
 
-from ldapquota.errors import DirectoryUnavailable, PermissionDenied
+from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SearchIncomplete
 from ldapquota.flagstore import FlagStore
 from ldapquota.schedule import Backoff
 
@@ -82,3 +82,10 @@ class ReconnectingStore:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def breaks_connection(exc: Exception) -> bool:
+    """Does ``exc`` show the store is out of reach (so the loop's connection is likely
+    gone too)? A search the server cut short, a refusal, a missing schema: the server
+    answered, and the loop's connection can go on writing."""
+    return isinstance(exc, DirectoryUnavailable) and not isinstance(exc, SearchIncomplete)

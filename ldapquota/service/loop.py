@@ -34,9 +34,9 @@ from ldapquota.errors import AccountError, DirectoryUnavailable, PermissionDenie
 from ldapquota.evaluation import Evaluator
 from ldapquota.flagstore import FlagStore, open_store
 from ldapquota.quota import QuotaState
-from ldapquota.schedule import Debouncer, Periodic
+from ldapquota.schedule import Backoff, Debouncer, Periodic
 from ldapquota.service.control import Stopping, StopSwitch
-from ldapquota.service.fullsync import DaemonFullSync, SyncHooks
+from ldapquota.service.fullsync import REFUSED_RETRY, DaemonFullSync, SyncHooks
 from ldapquota.service.link import ReconnectingStore
 from ldapquota.service.pending import PendingWrites
 from ldapquota.service.refresher import DaemonRefresh, ListingPace, RefreshWindow
@@ -99,6 +99,8 @@ class Service:
             self.recheck = Periodic(daemon.over_recheck, now)
             self.window = RefreshWindow()
             self.listing = ListingPace(daemon.account_refresh)
+            self.sync_retry = Backoff(initial=1.0, maximum=REFUSED_RETRY)  # after a full sync failed
+            self.refresh_retry = Backoff(initial=1.0, maximum=REFUSED_RETRY)  # after a refresh failed
             self.refused: Optional[str] = None  # the last full sync was refused by a safety rule
             self.in_sync = False
             self.touched_in_sync: Set[str] = set()  # measured by events while a full sync ran

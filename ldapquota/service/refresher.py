@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Set
 from ldapquota.entry import AccountEntry
 from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SchemaMissing
 from ldapquota.flagstore import FlagStore
+from ldapquota.service.link import breaks_connection
 from ldapquota.service.table import dn_key
 
 if TYPE_CHECKING:
@@ -157,11 +158,16 @@ class DaemonRefresh:
                 if service.listing.is_due(service.clock()):
                     self._list_accounts(store)
         except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
-            log.error("account refresh failed: %s", exc)
-            service.link.failed(exc, len(service.pending))
+            # Backing off, as the full sync does; the window stays, so nothing is missed.
+            delay = min(service.refresh_retry.next_delay(), service.config.daemon.account_refresh)
+            log.error("account refresh failed: %s; next try in %.0fs", exc, delay)
+            service.refresh.retry(service.clock(), delay)
+            if breaks_connection(exc):
+                service.link.failed(exc, len(service.pending))
             return
         finally:
             store.close()
+        service.refresh_retry.reset()
         service.refresh.done(service.clock())
 
     def _list_accounts(self, store: FlagStore) -> None:
