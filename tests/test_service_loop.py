@@ -471,3 +471,18 @@ def test_a_full_sync_whose_connection_breaks_waits_for_the_store(make, caplog):
     del h.directory.cut_short["search_accounts"]
     h.step(h.service.full_sync.due_at - h.clock())
     assert len(h.directory.sync_times) == 2 and h.directory.flag(dn) is None
+
+
+def test_an_account_added_in_the_second_a_refresh_read_is_found_by_the_next_one(make):
+    h = make()
+    h.account("a@example.org", used=10)
+    h.start()
+    h.clock.advance(60.1)
+    h.account("early@example.org", used=10)  # the refresh below reads this second's first change
+    h.step(0.1)
+    assert "uid=early,ou=people,dc=example,dc=org" in h.service.table.records
+    h.clock.advance(0.5)
+    late = h.account("late@example.org", used=5000)  # same second, after that read
+    h.step(60)
+    h.step()
+    assert late.lower() in h.service.table.records and h.directory.flag(late) == "TRUE"

@@ -380,16 +380,22 @@ def test_the_first_refresh_asks_from_the_last_full_sync_less_a_margin():
     assert window.since(EPOCH) == EPOCH - 100 - 40 - MODIFY_MARGIN
 
 
-def test_the_newest_second_seen_is_asked_again_until_it_is_closed():
+def test_the_newest_second_is_asked_again_until_a_look_began_a_minute_after_it():
     window = RefreshWindow()
     window.server_offset = 500.0  # the server is ahead: its seconds close by its clock
     newest = EPOCH + 500 - 10
     window.observe(newest)
     window.observe(newest - 5)  # an older one does not move it back
     assert window.newest == newest
+    window.last_look = EPOCH  # the look that read it began 10 s after that second
     assert window.since(EPOCH) == newest  # inclusive: more changes may land in that second
-    assert window.since(EPOCH + 50) == newest  # exactly a minute old: not yet closed
-    assert window.since(EPOCH + 50.5) == newest + 1  # closed: past it
+    # Later refreshes still ask from that second: changes may have landed in it after
+    # the look began (asked past it, they would be missed until the next full sync).
+    assert window.since(EPOCH + 3600) == newest
+    window.last_look = EPOCH + 50  # a look that began exactly a minute after it
+    assert window.since(EPOCH + 3600) == newest
+    window.last_look = EPOCH + 50.5  # more than a minute after: the second was closed
+    assert window.since(EPOCH + 3600) == newest + 1
     window.full_sync_began(EPOCH)
     assert window.newest is None and window.last_look == EPOCH
 
@@ -436,12 +442,16 @@ def test_a_refresh_reports_changed_and_departed_accounts_and_moves_the_window():
     departed.clear()
     run(clock())
     assert changed == ["new@example.org"] and departed == [disabled] and newest > window.newest
-    # A minute on, that second is closed: no account is read again. (Departed DNs do not
+    # A minute on, that second is read once more (the last look began within its minute),
+    # and then no more: that look began after the second was closed. (Departed DNs do not
     # move the window: one modified between the two searches may be newer than an account
     # changed meanwhile, which must not be skipped. The daemon ignores DNs it has forgotten.)
+    clock.advance(SECOND_CLOSED + 1)
+    changed.clear()
+    run(clock())
+    assert changed == ["new@example.org"]
     changed.clear()
     departed.clear()
-    clock.advance(SECOND_CLOSED + 1)
     run(clock())
     assert changed == [] and departed == [disabled]
 

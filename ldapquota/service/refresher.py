@@ -46,14 +46,16 @@ class RefreshWindow:
 
     def since(self, wall: float) -> float:
         """The newest modification time seen so far (inclusive, as a second holds many
-        changes), or past that second once it is a minute old (no change can land in it
-        any more, so a bulk change of many entries in one second is not read again and
-        again). Before the first refresh: the last full sync's start, less a margin."""
+        changes), or past that second once it was a minute old when the last look read it
+        (no change could land in it any more, so a bulk change of many entries in one
+        second is not read again and again; a second that was still open then is read once
+        more, for the changes that landed in it after that look). Before the first
+        refresh: the last full sync's start, less a margin."""
         newest = self.newest
+        look = self.last_look if self.last_look is not None else wall
         if newest is None:
-            look = self.last_look if self.last_look is not None else wall
             return look + self.server_offset - MODIFY_MARGIN
-        if newest < wall + self.server_offset - SECOND_CLOSED:
+        if newest < look + self.server_offset - SECOND_CLOSED:
             return newest + 1
         return newest
 
