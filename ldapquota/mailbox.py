@@ -141,7 +141,9 @@ class MailStore:
         ``configured_limit`` is the limit from LDAP or the default, None if neither gives
         one (the ``maildirsize`` header is then the limit). ``says_over(usage, limit)`` is
         the policy's over test, used for Courier's "distrust an over verdict" rule.
-        Raises MeasureError when the mailbox cannot be measured or lies outside the root.
+        Raises MeasureError when the mailbox cannot be measured or lies outside the root,
+        and when the limit can only come from a ``maildirsize`` that is there but whose
+        header cannot be read (not a regular file, garbage: §5); a missing file has no header.
         """
         try:
             path = lexically_under_root(self.root_real, mailbox)
@@ -149,9 +151,13 @@ class MailStore:
             raise MeasureError(str(exc)) from None
         relative = path[len(self.root_real) :].lstrip("/")
         # The common case costs one open: maildirsize straight from the root's descriptor.
-        data, mtime = self._read_maildirsize(relative, path)
+        data, mtime, unusable = self._read_maildirsize(relative, path)
+        if configured_limit is None and unusable is not None:
+            raise _unknown_limit(path, unusable)
         if data is not None:
             parsed = parse_maildirsize(data)
+            if configured_limit is None and parsed.header_limit is None:
+                raise _unknown_limit(path, _header_problem(data))
             limit = configured_limit or parsed.header_limit or UNLIMITED
             why: Optional[str] = parsed.problem
             if parsed.usage is not None:
@@ -162,7 +168,7 @@ class MailStore:
                     return Measurement(parsed.usage, limit, "maildirsize", path)
         else:
             limit = configured_limit or UNLIMITED
-            why = "no maildirsize"
+            why = "no maildirsize" if unusable is None else f"maildirsize is {unusable}"
         try:
             fd = self._open_beneath(relative, _DIR_FLAGS, path)
         except FileNotFoundError:
@@ -174,15 +180,16 @@ class MailStore:
         finally:
             os.close(fd)
 
-    def _read_maildirsize(self, relative: str, path: str) -> Tuple[Optional[bytes], float]:
-        """(content, mtime), or (None, 0) when there is no usable regular file."""
+    def _read_maildirsize(self, relative: str, path: str) -> Tuple[Optional[bytes], float, Optional[str]]:
+        """(content, mtime, None) of the regular file; (None, 0, None) when there is none;
+        (None, 0, what it is) when something else stands there (a FIFO, a directory...)."""
         try:
             fd = self._open_beneath(relative + "/maildirsize", _FILE_FLAGS, path)
         except (FileNotFoundError, NotADirectoryError):
-            return None, 0.0
+            return None, 0.0, None
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a symlink is not a maildirsize
-                return None, 0.0
+                return None, 0.0, "a symbolic link"
             raise _open_error(exc, f"{path}/maildirsize") from None
         return _read_open_file(fd, f"{path}/maildirsize")
 
@@ -221,13 +228,43 @@ def _real_path(fd: int, path: str) -> str:
     return os.path.realpath(path)
 
 
-def _read_open_file(fd: int, path: str) -> Tuple[Optional[bytes], float]:
+def _unknown_limit(path: str, why: str) -> MeasureError:
+    """docs/contract.md §5: with no quota attribute and no default, the maildirsize header
+    is the only limit there is; a header that is there but cannot be read is an unknown
+    limit, not "unlimited" (which would clear the flag)."""
+    return MeasureError(
+        f"{path}/maildirsize is there but its quota line cannot be read ({why}); with no quota "
+        "attribute and no accounts.default_quota it is the only limit, and an unknown limit is not 'unlimited'"
+    )
+
+
+def _header_problem(data: bytes) -> str:
+    if not data:
+        return "the file is empty"
+    if b"\0" in data.partition(b"\n")[0]:
+        return "its first line holds NUL bytes"
+    return "its first line is not a quota definition"
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _read_open_file(fd: int, path: str) -> Tuple[Optional[bytes], float, Optional[str]]:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            return None, 0.0
+            return None, 0.0, _file_kind(info.st_mode)
         # One byte past the limit tells "exactly 5120" from "more".
-        return os.read(fd, MAX_FILE_SIZE + 1), info.st_mtime
+        return os.read(fd, MAX_FILE_SIZE + 1), info.st_mtime, None
     except OSError as exc:
         raise MeasureError(f"cannot read {path}: {exc.strerror}") from None
     finally:

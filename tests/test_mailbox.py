@@ -217,6 +217,8 @@ def _with_files(root: Path) -> Path:
 
 
 WALKED = Usage(300, 2)
+#: A limit from LDAP or accounts.default_quota: the maildirsize header is then not the limit.
+CONFIGURED = Limit(10**9, None)
 
 
 def test_maildirsize_is_trusted_under_quota(root):
@@ -313,7 +315,7 @@ def test_large_file_is_walked(root):
 def test_malformed_file_is_walked(root, text):
     md = _with_files(root)
     write_maildirsize(md, text)
-    measurement = run(root, "a")
+    measurement = run(root, "a", CONFIGURED)
     assert measurement.usage == WALKED
     assert measurement.method.startswith("walk")
 
@@ -366,32 +368,88 @@ def test_symlinked_maildirsize_is_not_followed(root):
     fake = put(root, "fake-maildirsize", 0)
     fake.write_bytes(b"10000S\n5 1\n")
     (md / "maildirsize").symlink_to(fake)
-    measurement = run(root, "a")
+    measurement = run(root, "a", CONFIGURED)
     assert measurement.usage == WALKED
-    assert measurement.method.startswith("walk")
+    assert measurement.method == "walk (maildirsize is a symbolic link)"
 
 
-def test_fifo_as_maildirsize_does_not_hang(root):
-    md = _with_files(root)
-    os.mkfifo(md / "maildirsize")
-
+def _without_hanging(call):
     def give_up(signum, frame):
         raise TimeoutError("measure() blocked on a FIFO")
 
     previous = signal.signal(signal.SIGALRM, give_up)
     signal.setitimer(signal.ITIMER_REAL, 5)
     try:
-        measurement = run(root, "a")
+        return call()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_fifo_as_maildirsize_does_not_hang(root):
+    md = _with_files(root)
+    os.mkfifo(md / "maildirsize")
+    measurement = _without_hanging(lambda: run(root, "a", CONFIGURED))
     assert measurement.usage == WALKED
+    assert measurement.method == "walk (maildirsize is a FIFO)"
 
 
 def test_directory_as_maildirsize_is_walked(root):
     md = _with_files(root)
     (md / "maildirsize").mkdir()
-    assert run(root, "a").usage == WALKED
+    assert run(root, "a", CONFIGURED).usage == WALKED
+
+
+# docs/contract.md §5: with no quota attribute and no default, the header is the only limit.
+# Something standing where maildirsize should be, whose header cannot be read, is an unknown
+# limit: an error (the flag is kept), never "unlimited" (which would clear a TRUE flag).
+
+
+def _sparse_nul_file(path: Path) -> None:
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 20)  # a hole: reads as a megabyte of NULs
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda path: os.mkfifo(path), "a FIFO"),
+        (lambda path: path.mkdir(), "a directory"),
+        (_sparse_nul_file, "its first line holds NUL bytes"),
+        (lambda path: path.symlink_to(path.parent / "cur"), "a symbolic link"),
+        (lambda path: path.write_bytes(b"junk\n100 1\n"), "its first line is not a quota definition"),
+        (lambda path: path.write_bytes(b""), "the file is empty"),
+    ],
+    ids=["fifo", "directory", "sparse-nul", "symlink", "garbage-header", "empty"],
+)
+def test_an_unreadable_header_with_no_other_limit_is_an_error_not_unlimited(root, make, said):
+    md = _with_files(root)
+    make(md / "maildirsize")
+    with pytest.raises(MeasureError) as raised:
+        _without_hanging(lambda: run(root, "a", None))
+    message = str(raised.value)
+    assert f"{md}/maildirsize is there but its quota line cannot be read ({said})" in message
+    assert "an unknown limit is not 'unlimited'" in message
+
+
+def test_a_sparse_nul_file_with_a_configured_limit_is_walked(root):
+    md = _with_files(root)
+    _sparse_nul_file(md / "maildirsize")
+    measurement = run(root, "a", CONFIGURED)
+    assert measurement.usage == WALKED and measurement.limit == CONFIGURED
+
+
+def test_a_missing_maildirsize_has_no_header_so_no_limit(root):
+    _with_files(root)
+    measurement = run(root, "a", None)
+    assert measurement.limit == UNLIMITED and measurement.usage == WALKED
+
+
+def test_a_readable_header_with_broken_usage_lines_is_still_the_limit(root):
+    md = _with_files(root)
+    write_maildirsize(md, b"12345S\n\0\0\0\n")
+    measurement = run(root, "a", None)
+    assert measurement.limit == Limit(12345, None) and measurement.usage == WALKED
 
 
 def test_measure_never_writes_into_the_store(root):
