@@ -46,5 +46,6 @@ def test_an_unreadable_header_keeps_the_flag_and_counts_an_error(ldap, mail_root
     assert got == {"fifo@example.org": "TRUE", "dir@example.org": "TRUE", "sparse@example.org": "TRUE",
                    "readable@example.org": "FALSE", "nofile@example.org": "FALSE"}
     for address, (_, said) in planted.items():
-        assert f"maildirsize is there but its quota line cannot be read ({said})" in result.stderr
+        assert f"{address}: {mail_root}/example.org/{address.split('@')[0]}/Maildir/maildirsize is there but " \
+               f"its quota line cannot be read ({said})" in result.stderr
     assert result.stderr.count("flag kept (TRUE)") == 3
