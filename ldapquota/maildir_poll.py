@@ -22,11 +22,54 @@ def identity(path: str) -> Optional[Tuple[int, int]]:
 
 
 def max_user_watches() -> Optional[int]:
+    """``fs.inotify.max_user_watches``: the limit of the initial user namespace (the host's)."""
+    return _read_int("/proc/sys/fs/inotify/max_user_watches")
+
+
+def _read_int(path: str) -> Optional[int]:
     try:
-        with open("/proc/sys/fs/inotify/max_user_watches") as handle:
+        with open(path) as handle:
             return int(handle.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def in_initial_user_namespace(uid_map: str = "/proc/self/uid_map") -> Optional[bool]:
+    """Whether this process runs in the host's user namespace (whose uid_map is the
+    identity over all of 0..2^32-2); None when that cannot be told."""
+    try:
+        with open(uid_map) as handle:
+            return handle.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return None
+
+
+def watch_limits(held: int, proc: str = "/proc") -> str:
+    """What is known about the inotify watch limit that was just reached, for the log.
+
+    Since Linux 4.9 the limit is counted per user in each user namespace, up the chain of
+    namespaces, and the lowest bites: ``user.max_inotify_watches`` is this namespace's,
+    ``fs.inotify.max_user_watches`` always the host's (the same setting when we run on the
+    host), and a namespace in between may have a lower one that cannot be seen from here.
+    Every watch of this user counts, not only ours (``held``)."""
+    host = _read_int(f"{proc}/sys/fs/inotify/max_user_watches")
+    here = _read_int(f"{proc}/sys/user/max_inotify_watches")
+    ours = f"ldapquota holds {held}; every inotify watch of this user counts"
+    initial = in_initial_user_namespace(f"{proc}/self/uid_map")
+    if initial or (here is None and initial is None):
+        value = host if host is not None else here
+        return (f"fs.inotify.max_user_watches = {value if value is not None else '?'} ({ours}); "
+                "raise it (sysctl fs.inotify.max_user_watches=...)")
+    known = [f"user.max_inotify_watches = {here if here is not None else '?'} in this user namespace",
+             f"fs.inotify.max_user_watches = {host if host is not None else '?'} on the host"]
+    likely = ""
+    if here is not None and host is not None:
+        name, value = ("user.max_inotify_watches", here) if here <= host else ("fs.inotify.max_user_watches", host)
+        likely = f"; the lower, {name} = {value}, is the likely one"
+    return (f"this process runs in a user namespace, where the lowest limit up the chain bites: "
+            f"{', '.join(known)}, and a namespace in between may have its own ({ours}){likely}; "
+            "raise the one that bit (sysctl user.max_inotify_watches=... in the namespace that set it, "
+            "fs.inotify.max_user_watches=... on the host)")
 
 
 def is_folder(name: str) -> bool:

@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ldapquota.maildir_poll import DEEP_PARTS, MAILDIRSIZE, StatPoller, folders, identity, is_folder, max_user_watches, signature
+from ldapquota.maildir_poll import DEEP_PARTS, MAILDIRSIZE, StatPoller, folders, identity, is_folder, signature, watch_limits
 
 try:  # pragma: no cover - the import itself is what is tested
     from inotify_simple import INotify
@@ -44,7 +44,7 @@ except ImportError:  # non-Linux: polling only
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEEP_PARTS", "MAILDIRSIZE", "Changes", "Watcher", "max_user_watches", "signature"]
+__all__ = ["DEEP_PARTS", "MAILDIRSIZE", "Changes", "Watcher", "signature"]
 
 if _flags is not None:
     _ONLYDIR = _flags.ONLYDIR | _flags.EXCL_UNLINK
@@ -318,12 +318,10 @@ class Watcher:
         if self._limit_warned:
             return
         self._limit_warned = True
-        limit = max_user_watches()
         log.warning(
-            "the kernel's inotify watch limit is reached (fs.inotify.max_user_watches = %s, %d maildirs "
-            "watched): the other mailboxes are polled every %gs instead. Raise the limit "
-            "(sysctl fs.inotify.max_user_watches=...) and restart ldapquota for instant updates",
-            limit if limit is not None else "?", len(self._watched), self.poll_interval,
+            "the kernel's inotify watch limit is reached (%d maildirs watched): the other mailboxes are polled "
+            "every %gs instead. Limits: %s, and restart ldapquota for instant updates",
+            len(self._watched), self.poll_interval, watch_limits(len(self._wds)),
         )
 
     # ------------------------------------------------------------------ what changed

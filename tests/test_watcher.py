@@ -6,12 +6,17 @@ import logging
 import os
 import random
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from servers.slapd import requires
 
 from ldapquota.config import parse_config
 from ldapquota.daemon import PidFile, resolve_owner
 from ldapquota.errors import AlreadyRunning, ConfigError
+from ldapquota.maildir_poll import in_initial_user_namespace, watch_limits
 from ldapquota.schedule import Backoff, Debouncer, Periodic, slice_size
 from ldapquota.watcher import Watcher, signature
 
@@ -219,6 +224,69 @@ def test_the_watch_limit_is_said_once_and_the_rest_is_polled(tmp_path, caplog):
     with open(boxes[2] / "maildirsize", "a") as handle:
         handle.write("5 1\n")
     assert w.poll(0.0) | w.poll(0.5) == {str(boxes[2])}
+
+
+def test_on_the_host_the_log_names_fs_inotify_max_user_watches_with_its_value(tmp_path, caplog):
+    w = Watcher(use_inotify=True, poll_interval=1.0, poll_step=0.5, inotify_factory=_FullInotify)
+    with caplog.at_level(logging.WARNING, logger="ldapquota.watcher"):
+        for name in "ab":
+            w.add(str(maildir(tmp_path, name)))
+    host = Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+    (record,) = [r for r in caplog.records if "watch limit" in r.message]
+    if in_initial_user_namespace():
+        assert f"fs.inotify.max_user_watches = {host} (ldapquota holds 1; every inotify watch of this user counts)" \
+            in record.message
+        assert "user namespace" not in record.message
+    else:  # the tests themselves run in a container's user namespace
+        assert f"fs.inotify.max_user_watches = {host} on the host" in record.message
+
+
+def _fake_proc(tmp_path, host, here, uid_map):
+    proc = tmp_path / "proc"
+    for path, value in (("sys/fs/inotify/max_user_watches", host), ("sys/user/max_inotify_watches", here),
+                        ("self/uid_map", uid_map)):
+        (proc / path).parent.mkdir(parents=True, exist_ok=True)
+        (proc / path).write_text(f"{value}\n")
+    return str(proc)
+
+
+def test_in_a_user_namespace_both_limits_are_named_and_the_lower_called_likely(tmp_path):
+    said = watch_limits(7, _fake_proc(tmp_path, 8192, 500, "0 1000 1"))
+    assert "user.max_inotify_watches = 500 in this user namespace" in said
+    assert "fs.inotify.max_user_watches = 8192 on the host" in said
+    assert "a namespace in between may have its own" in said
+    assert "the lower, user.max_inotify_watches = 500, is the likely one" in said
+    on_host = watch_limits(7, _fake_proc(tmp_path / "host", 8192, 8192, "0 0 4294967295"))
+    assert on_host.startswith("fs.inotify.max_user_watches = 8192 (ldapquota holds 7;") and "namespace" not in on_host
+
+
+#: A Watcher in a user namespace of its own (unshare -Ur: we are its root), whose
+#: user.max_inotify_watches is lowered to 3: the real per-namespace limit, host untouched.
+_IN_NAMESPACE = """
+import logging, sys
+with open("/proc/sys/user/max_inotify_watches", "w") as handle:
+    handle.write("3")
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from ldapquota.watcher import Watcher
+watcher = Watcher(use_inotify=True, poll_interval=1.0)
+print([watcher.add(path) for path in sys.argv[1:]])
+"""
+
+
+def test_a_real_per_namespace_watch_limit_is_named_as_such(tmp_path):
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare, "-Ur", "true"], capture_output=True, timeout=30) if unshare else None
+    requires(probe is not None and probe.returncode == 0, "unshare(1) with user namespaces (util-linux)")
+    boxes = [str(maildir(tmp_path, f"m{n}")) for n in range(5)]
+    result = subprocess.run([unshare, "-Ur", sys.executable, "-c", _IN_NAMESPACE, *boxes],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['watch', 'watch', 'watch', 'poll', 'poll']"
+    host = Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+    assert "user.max_inotify_watches = 3 in this user namespace" in result.stderr
+    assert f"fs.inotify.max_user_watches = {host} on the host" in result.stderr
+    assert "the lower, user.max_inotify_watches = 3, is the likely one" in result.stderr
+    assert "ldapquota holds 3;" in result.stderr
 
 
 def test_without_inotify_everything_is_polled_and_spread_over_the_interval(tmp_path):
