@@ -67,6 +67,9 @@ class SyncReport:
     writes: int = 0
     no_mailbox: int = 0
     superseded: int = 0  # planned writes skipped: a newer write or measurement decides
+    #: Accounts with a planned write the run never got to (it failed first): neither
+    #: "unchanged" nor set/cleared. Shown in the summary only when there are any.
+    unreached: int = 0
     seconds: float = 0.0
     refused: Optional[str] = None
     changes: List[Change] = field(default_factory=list)
@@ -77,18 +80,22 @@ class SyncReport:
 
     @property
     def unchanged(self) -> int:
-        """Accounts whose isOverQuota did not flip (written or not)."""
-        return self.accounts - self.set - self.cleared
+        """Measured accounts whose isOverQuota did not flip (written or not), and not left
+        unreached by a failed run."""
+        return self.accounts - self.set - self.cleared - self.unreached
 
     def summary(self) -> str:
         return (
             f"accounts={self.accounts} over={self.over} set={self.set} cleared={self.cleared} "
             f"unchanged={self.unchanged} errors={self.errors} writes={self.writes} "
-            f"no_mailbox={self.no_mailbox}{self._superseded()} seconds={self.seconds:.2f}"
+            f"no_mailbox={self.no_mailbox}{self._superseded()}{self._unreached()} seconds={self.seconds:.2f}"
         )
 
     def _superseded(self) -> str:
         return f" superseded={self.superseded}" if self.superseded else ""
+
+    def _unreached(self) -> str:
+        return f" unreached={self.unreached}" if self.unreached else ""
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,13 @@ def _run_sync(config: Config, directory: FlagStore, source: UsageSource, options
             log.warning("%s (--force given: going on)", exc)
     else:
         source.check_ready()
-    _measure(config, directory, source, options, report)
+    try:
+        _measure(config, directory, source, options, report)
+    except LdapQuotaError as exc:
+        # Ended while reading: nothing written; accounts= counts those measured so far.
+        report.unreached = len(report.changes)
+        report.finish()
+        raise _with_report(exc, report) from None
     # The search came back complete (search_accounts raises otherwise): now the rules.
     _check_rules(config, options, report)
     _write(directory, options, report)
@@ -216,7 +229,7 @@ def _check_rules(config: Config, options: SyncOptions, report: SyncReport) -> No
 
 
 def _write(directory: FlagStore, options: SyncOptions, report: SyncReport) -> None:
-    for change in report.changes:
+    for index, change in enumerate(report.changes):
         if options.dry_run:
             (options.on_change or _log_change)(change)
             continue
@@ -233,6 +246,7 @@ def _write(directory: FlagStore, options: SyncOptions, report: SyncReport) -> No
         except LdapQuotaError as exc:
             # The directory went away (or refused) part-way: what was written stays
             # written (each write is right on its own); say how far the run got.
+            report.unreached = len(report.changes) - index
             report.finish()
             raise _with_report(exc, report) from None
         report.writes += 1

@@ -295,6 +295,8 @@ def test_truncated_search_ends_with_exit_69_before_any_write(ldap, mail_root, co
     assert result.returncode == 69, result.stderr
     assert "size limit" in result.stderr and "nothing is written" in result.stderr
     assert csns(ldap) == before
+    # The summary counts only what was measured before the search failed.
+    assert "ldapquota: failed: accounts=0 over=0 set=0 cleared=0 unchanged=0 errors=0 writes=0 " in result.stdout
 
 
 def test_ldap_down_exits_69(mail_root, config_file, ldap):
@@ -337,6 +339,10 @@ def test_wrong_password_exits_77(ldap, mail_root, config_file, tmp_path):
 def test_read_only_bind_cannot_write_and_exits_77(ldap, mail_root, config_file):
     ldap.add_account("full@example.org", quota="1000")
     make_maildir(mail_root, "full@example.org", maildirsize=maildirsize_text("1000S", (1500, 3)))
+    ldap.add_account("also@example.org", quota="1000")
+    make_maildir(mail_root, "also@example.org", maildirsize=maildirsize_text("1000S", (1500, 3)))
+    ldap.add_account("fine@example.org", quota=str(1000 * MiB))  # far from full: nothing to write
+    make_maildir(mail_root, "fine@example.org", maildirsize=maildirsize_text(f"{1000 * MiB}S", (15, 3)))
     path = config_file(ldap={"bind_dn": ldap.exim_dn, "bind_password_file": str(ldap.exim_pw_file), "status_dn": None})
 
     result = run_cli(["-c", path, "--sync"])
@@ -344,8 +350,10 @@ def test_read_only_bind_cannot_write_and_exits_77(ldap, mail_root, config_file):
     assert result.returncode == 77, result.stdout + result.stderr
     assert "refused" in result.stderr
     assert flags(ldap)["full@example.org"][0] is None
-    # Every run ends with its summary line, a failed one too.
-    assert "ldapquota: failed: accounts=1 over=1 set=0 cleared=0 unchanged=1 errors=0 writes=0 " in result.stdout
+    # Every run ends with its summary line, a failed one too; the two accounts whose
+    # writes it never got to are "unreached", not "unchanged".
+    assert "ldapquota: failed: accounts=3 over=2 set=0 cleared=0 unchanged=1 errors=0 writes=0 " in result.stdout
+    assert re.search(r" no_mailbox=0 unreached=2 seconds=[\d.]+$", result.stdout.rstrip()), result.stdout
 
 
 def test_most_accounts_without_a_maildir_are_warned_about(ldap, mail_root, config_file):
