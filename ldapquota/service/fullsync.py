@@ -145,6 +145,7 @@ class DaemonFullSync:
         service.in_sync = True
         service.touched_in_sync = set()
         service.pending.written.clear()
+        service.trust.full_sync_began()
         service.last_tick = service.clock()
         store = service.new_store()
         tee = SyncTee(store, service.sync_hooks())
@@ -205,6 +206,14 @@ class DaemonFullSync:
             # mounted yet at boot). Look again soon, not in ten minutes, and say it once.
             retry = SOURCE_SYNC_RETRY
             level = log.error if first else log.debug
+        why = service.trust.why
+        if why is not None and complete:
+            # A restore can flip many flags; policy.max_changes still holds (it cannot tell a
+            # restore from a store mounted empty), so say loudly that LDAP may be stale.
+            level = log.error
+            exc = SafetyRefusal(f"{exc}. It was run because {why}: the flags in LDAP may not match the mailboxes "
+                                "until a full sync passes; check, then run ldapquota --sync --force (or raise "
+                                "policy.max_changes)")
         level("full sync refused: %s. Nothing was written, and changes found by events are held "
               "until a full sync passes (next try in %gs, or SIGUSR1)", exc, retry)
         if complete and accounts:
@@ -219,6 +228,7 @@ class DaemonFullSync:
             log.info("full sync passed the safety rules again; event-driven writes resume")
         service.refused = None
         service.sync_retry.reset()
+        service.trust.why = None
         service.pending.sync_passed()
         self._forget_unseen()
         now = service.clock()
@@ -246,6 +256,7 @@ class DaemonFullSync:
         except (DirectoryUnavailable, PermissionDenied):
             return
         service.window.learn_offset(stamp, asked)
+        service.trust.status_written(status_dn, stamp)  # from now on it may only move forward
 
     def _forget_unseen(self) -> None:
         service = self.service

@@ -21,6 +21,10 @@ class ReconnectingStore:
         #: Bumped by every new connection: a part that trusts what it read over an older
         #: one (the daemon's cache) knows it must look again.
         self.connections = 0
+        #: Bumped by every connection made after the store was found unavailable (not by
+        #: a reconnection a new configuration asked for): the directory may have changed
+        #: in any way meanwhile (docs/contract.md §5, "Daemon cache").
+        self.recoveries = 0
         self._last_error: Optional[str] = None
 
     @property
@@ -48,6 +52,7 @@ class ReconnectingStore:
         store = self.factory().connect()
         if self.down_since is not None:
             log.info("LDAP %s reachable again after %.0fs", store.server, self.clock() - self.down_since)
+            self.recoveries += 1
         self.store = store
         self.connections += 1
         self.down_since = None

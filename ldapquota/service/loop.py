@@ -41,6 +41,7 @@ from ldapquota.service.link import ReconnectingStore
 from ldapquota.service.pending import PendingWrites
 from ldapquota.service.refresher import DaemonRefresh, ListingPace, RefreshWindow
 from ldapquota.service.table import AccountTable, dn_key
+from ldapquota.service.trust import DirectoryTrust
 from ldapquota.settings import Config
 from ldapquota.sources import open_source
 from ldapquota.sources.base import ChangeFeed, UsageSource
@@ -93,6 +94,8 @@ class Service:
             self.table = AccountTable(self.evaluator.attributes, self.clock)
             self.pending = PendingWrites(config.policy.max_changes)
             self.link = ReconnectingStore(self.new_store, self.clock)
+            self.trust = DirectoryTrust(daemon.account_refresh, now, self.wall)
+            self.pending.on_written = self.trust.wrote
             self.debouncer: Debouncer[str] = Debouncer(daemon.debounce)
             self.full_sync = Periodic(daemon.interval, now, first=now)
             self.refresh = Periodic(daemon.account_refresh, now, first=float("inf"))  # after the first sync
@@ -196,6 +199,7 @@ class Service:
             return
         now = self.clock()
         if self.link.may_try(now):
+            self.trust.check(self, now)  # reconnected, or the directory went back in time: a full sync
             if self.full_sync.is_due(now):
                 self._run_full_sync()
             elif self.refresh.is_due(now):
@@ -215,9 +219,9 @@ class Service:
             deadlines.append(due)
         if self.feed.next_poll_at is not None:
             deadlines.append(self.feed.next_poll_at)
-        store_due = min(self.full_sync.due_at, self.refresh.due_at)
-        if self.pending and not self.refused:
-            store_due = now  # only left when the store is down
+        store_due = min(self.full_sync.due_at, self.refresh.due_at, self.trust.probe.due_at)
+        if (self.pending and not self.refused) or not self.link.up:
+            store_due = now  # the store is down: try again at its backoff
         if not self.link.up:
             store_due = max(store_due, self.link.retry_at)
         deadlines.append(store_due)
@@ -392,5 +396,6 @@ class Service:
 
         def written(dn: str, new: QuotaState) -> None:
             self.table.set_state(dn_key(dn), new, written=True)
+            self.trust.wrote(dn, new)
 
         return SyncHooks(self.seen_in_sync, superseded, written, self.background_tick, self.stop.shielded)

@@ -13,6 +13,7 @@ from typing import Callable, ContextManager, Dict, Iterator, Optional, Set
 
 from ldapquota.errors import DirectoryUnavailable, EntryWriteError, PermissionDenied, SchemaMissing
 from ldapquota.flagstore import FlagStore
+from ldapquota.quota import QuotaState
 from ldapquota.service.table import AccountTable
 from ldapquota.sync import Change
 from ldapquota.units import ChangeLimit
@@ -29,6 +30,8 @@ class PendingWrites:
         #: Accounts written since the full sync or refresh under way began reading: what it
         #: read of them may be older than the write. (Emptied as each one begins.)
         self.written: Set[str] = set()
+        #: Told of every write that landed (the daemon keeps the newest as a canary).
+        self.on_written: Optional[Callable[[str, QuotaState], None]] = None
 
     def __len__(self) -> int:
         return len(self._changes)
@@ -97,6 +100,8 @@ class PendingWrites:
             del self._changes[key]
             table.set_state(key, change.new, written=True)
             self.written.add(key)
+            if self.on_written is not None:
+                self.on_written(change.dn, change.new)
             if change.flip:
                 self.flips_since_sync += 1
             log.info("%s", change.describe())

@@ -17,6 +17,7 @@ from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SchemaMissi
 from ldapquota.flagstore import FlagStore
 from ldapquota.service.link import breaks_connection
 from ldapquota.service.table import dn_key
+from ldapquota.service.trust import appeared_before
 
 if TYPE_CHECKING:
     from ldapquota.service.loop import Service
@@ -39,6 +40,7 @@ class RefreshWindow:
     def __init__(self) -> None:
         self.last_look: Optional[float] = None  # our wall clock when the last sync began
         self.newest: Optional[float] = None  # newest modification time a refresh has seen
+        self.asked: Optional[float] = None  # the "since" the last refresh asked with
         # Server time minus ours, learnt from the status entry after each full sync: the
         # modification times are the server's, and a host clock ahead of it would make every
         # refresh ask for changes "from the future".
@@ -102,6 +104,7 @@ def refresh(store: FlagStore, window: RefreshWindow, attributes: Sequence[str], 
     """One refresh over ``store``: ``changed`` for each account modified since the window's
     start, ``departed`` for each DN modified so that it no longer is an account."""
     since = window.since(wall)
+    window.asked = since
     newest = window.newest
     # Nothing is modified later than the server's "now": a time past it (an entry imported,
     # or replicated from a server whose clock is ahead) would have the next refreshes ask
@@ -187,6 +190,10 @@ class DaemonRefresh:
         gone = [key for key in service.table.records if key not in present]
         for key in gone:
             service.forget(key, "is gone from LDAP")
+        evidence = appeared_before(store, (dn for dn in present if dn not in service.table.records), service.window.asked)
+        if evidence is not None:
+            service.trust.distrust(service, f"accounts appeared in the past ({evidence}; restored or slapadd-ed?)",
+                                   service.clock())
         took = service.clock() - started
         service.listing.took(took, service.config.daemon.account_refresh, service.clock())
         log.debug("account listing: %d accounts, %d gone, %.2fs; next in %.0fs", len(present), len(gone), took,

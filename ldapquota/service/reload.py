@@ -51,6 +51,7 @@ def reload_config(service: "Service") -> None:
     else:
         service.refresh.interval = daemon.account_refresh
     service.recheck.change_interval(daemon.over_recheck, now)
+    service.trust.change_interval(daemon.account_refresh, now)
     if (daemon.watch, daemon.poll_interval, new.mailboxes) != (old.daemon.watch, old.daemon.poll_interval, old.mailboxes):
         # Start over with the new way of noticing changes; the full sync follows every mailbox.
         assert service.feed is not None

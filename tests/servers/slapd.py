@@ -943,6 +943,18 @@ class Slapd:
             raise SlapdError(f"slapcat failed:\n{proc.stderr}")
         return proc.stdout
 
+    def restore(self, ldif: str) -> None:
+        """Restore a backup the way an operator does: stop slapd, empty the database,
+        ``slapadd`` the LDIF (a slapcat, whose entryCSN and modifyTimestamp are kept as
+        they are: the directory goes back in time), start slapd again on the same port."""
+        self.stop()
+        for name in ("data.mdb", "lock.mdb"):
+            (self.data_dir / name).unlink(missing_ok=True)
+        path = self.workdir / "restore.ldif"
+        path.write_text(ldif)
+        self._run_checked([_tool("slapadd"), "-q", "-F", str(self.config_dir), "-b", self.suffix, "-l", str(path)])
+        self.start()
+
     # -- accounts -----------------------------------------------------------------
 
     def account_ldif(
