@@ -10,6 +10,7 @@ import pytest
 from helpers import config_dict, run_cli, write_config
 from test_daemon import FAST, DaemonProcess, expunge, mailbox, wait_until
 
+from ldapquota.errors import PermissionDenied
 from ldapquota.quota import QuotaState
 from ldapquota.service.trust import WRITE_MARGIN, Canary, appeared_before
 
@@ -199,6 +200,8 @@ class _Times:
 
     def modified_at(self, dn):
         self.asked.append(dn)
+        if dn == "uid=hidden":
+            raise PermissionDenied("insufficientAccessRights")
         return self.stamps.get(dn)
 
 
@@ -207,6 +210,7 @@ def test_accounts_no_refresh_reported_though_modified_before_it_asked_are_eviden
     assert appeared_before(store, ["uid=new"], since=4000.0) is None  # added after the refresh: the next one reads it
     assert "uid=old is an account no refresh reported" in appeared_before(store, ["uid=new", "uid=old"], since=4000.0)
     assert appeared_before(store, ["uid=old"], since=None) is None  # no refresh yet
+    assert appeared_before(store, ["uid=hidden", "uid=old"], since=4000.0) is None  # an ACL hides the times
     many = _Times({})
     appeared_before(many, [f"uid={n}" for n in range(1000)], since=1.0)
     assert len(many.asked) == 10  # a bounded sample, whatever the listing found

@@ -167,7 +167,10 @@ def appeared_before(store: FlagStore, unknown: Iterable[str], since: Optional[fl
     for count, dn in enumerate(unknown):
         if count >= LISTING_SAMPLE:
             break
-        stamp = store.modified_at(dn)
+        try:
+            stamp = store.modified_at(dn)
+        except PermissionDenied:
+            return None  # modification times hidden by an ACL: nothing to tell from
         if stamp is not None and stamp < since:
             return (f"{dn} is an account no refresh reported, last modified at {_iso(stamp)}, before the "
                     f"refresh's {_iso(since)}")
