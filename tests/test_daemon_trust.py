@@ -3,16 +3,19 @@ back in time (a restore from backup), the flags in LDAP agree with the mailboxes
 within a minute of reconnecting. A real slapd restored with slapadd from its own slapcat
 (and, online, with ``ldapadd -e relax``), checked with ldapsearch; then the pure parts."""
 
+import logging
 import re
 import time
 
 import pytest
+from fakes import FakeStore
 from helpers import config_dict, run_cli, write_config
 from test_daemon import FAST, DaemonProcess, expunge, mailbox, wait_until
+from test_service_loop import Harness
 
 from ldapquota.errors import PermissionDenied
 from ldapquota.quota import QuotaState
-from ldapquota.service.trust import WRITE_MARGIN, Canary, appeared_before
+from ldapquota.service.trust import PROBE_EVERY, WRITE_MARGIN, Canary, appeared_before
 
 #: §5: within one minute of reconnecting.
 MINUTE = 60.0
@@ -214,3 +217,71 @@ def test_accounts_no_refresh_reported_though_modified_before_it_asked_are_eviden
     many = _Times({})
     appeared_before(many, [f"uid={n}" for n in range(1000)], since=1.0)
     assert len(many.asked) == 10  # a bounded sample, whatever the listing found
+
+
+# --------------------------------------------------------------------------- the loop, in-process
+# (tests/test_service_loop.py's harness: a fake store, a clock the test moves)
+
+
+@pytest.fixture
+def harness(tmp_path):
+    made = []
+
+    def make(*addresses, **kwargs):
+        made.append(Harness(tmp_path, **kwargs))
+        for address in addresses:
+            made[-1].account(address, used=10)
+        return made[-1].start()
+
+    yield make
+    for h in made:
+        h.service.close()
+
+
+def test_a_dropped_idle_connection_is_noticed_by_the_probe_and_the_full_sync_follows(harness, caplog):
+    caplog.set_level(logging.INFO)
+    h = harness("a@example.org")
+    dn = "uid=a,ou=people,dc=example,dc=org"
+    h.directory.down = "restarting"
+    h.step(PROBE_EVERY)  # nothing to write: only the probe uses the loop's connection
+    assert "LDAP unavailable: fake LDAP: restarting" in caplog.text and not h.service.link.up
+    h.directory.down = None
+    entry = h.directory.entries[dn.lower()]
+    entry.put("isOverQuota", ["TRUE"])  # as the restore left it, with an old time: no refresh reads it
+    entry.modified -= 7200
+    syncs = len(h.directory.sync_times)
+    h.step(1)  # the backoff: reconnected, and the full sync runs in the same turn
+    assert "the LDAP connection was lost and is back" in caplog.text
+    assert len(h.directory.sync_times) == syncs + 1 and h.directory.flag(dn) == "FALSE"
+
+
+def test_an_entry_older_than_our_write_of_it_runs_a_full_sync(harness, caplog):
+    h = harness("a@example.org")
+    dn = "uid=a,ou=people,dc=example,dc=org"
+    h.deliver("a@example.org", 5000)
+    h.step()
+    assert h.directory.flag(dn) == "TRUE"
+    h.step(PROBE_EVERY)  # the probe sees the write on the entry: its baseline
+    entry = h.directory.entries[dn.lower()]
+    entry.put("isOverQuota", [])  # the directory went back to before that write
+    entry.modified -= 3600
+    syncs = len(h.directory.sync_times)
+    h.step(PROBE_EVERY)
+    assert re.search(r"the directory went back in time \(uid=a,.* was last modified at .*, before .* when it held "
+                     r"ldapquota's write", caplog.text)
+    assert len(h.directory.sync_times) == syncs + 1 and h.directory.flag(dn) == "TRUE"
+    assert h.service.link.connections == 1  # all on the one connection
+
+
+def test_a_probe_an_acl_refuses_is_not_a_lost_connection(harness, monkeypatch, caplog):
+    h = harness("a@example.org")
+    syncs = len(h.directory.sync_times)
+
+    def hidden(self, dn):
+        raise PermissionDenied(f"reading {dn}: insufficientAccessRights")
+
+    monkeypatch.setattr(FakeStore, "modified_at", hidden)
+    for _ in range(10):
+        h.step(PROBE_EVERY)
+    assert h.service.link.up and h.service.link.connections == 1 and "LDAP unavailable" not in caplog.text
+    assert len(h.directory.sync_times) == syncs

@@ -122,11 +122,17 @@ class DirectoryTrust:
             self.distrust(service, "; and ".join(reasons), now)
 
     def distrust(self, service: "Service", why: str, now: float) -> None:
-        log.warning("%s: the cache of what LDAP holds cannot be trusted; running a full sync, which compares "
-                    "every account's flag with its mailbox (docs/contract.md §5)", why)
         self.why = why
         self.full_sync_began()
-        service.full_sync.soon(now)
+        if service.sync_retry.failures:
+            # The last full sync failed and backs off (a store that answers but fails the
+            # search must not be read in full every second); it is owed anyway.
+            when = f"the full sync owed since one failed, in {max(0.0, service.full_sync.due_at - now):.0f}s"
+        else:
+            service.full_sync.soon(now)
+            when = "a full sync now"
+        log.warning("%s: the cache of what LDAP holds cannot be trusted; running %s, which compares every "
+                    "account's flag with its mailbox (docs/contract.md §5)", why, when)
 
     def _probe(self, service: "Service") -> Optional[str]:
         store = service.link.get(service.stop.abandonable, len(service.pending))
