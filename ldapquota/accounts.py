@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Protocol, Sequence, Tuple
 
 from ldapquota.entry import ATTR_FREE, ATTR_OVER, AccountEntry
-from ldapquota.errors import AccountError
+from ldapquota.errors import AccountError, excerpt
 from ldapquota.quota import Limit, parse_limit_value
 from ldapquota.settings import AccountsConfig
 
@@ -63,7 +63,7 @@ def _limit(entry: AccountEntry, accounts: AccountsConfig, own_limit: str) -> Tup
             try:
                 return parse_limit_value(values[0], accounts.quota_unit), f"{accounts.quota_attribute}={values[0]}"
             except ValueError as exc:
-                raise AccountError(f"{accounts.quota_attribute} {values[0]!r}: {exc}") from None
+                raise AccountError(f"{accounts.quota_attribute} {excerpt(values[0])}: {exc}") from None
     if accounts.default_quota is not None:
         return accounts.default_quota, "accounts.default_quota"
     return None, own_limit

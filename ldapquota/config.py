@@ -13,7 +13,15 @@ from typing import Any, Callable, Dict, List, Optional
 import yaml
 
 from ldapquota import config_values as kinds
-from ldapquota.errors import ConfigError
+from ldapquota.config_files import (
+    CA_FILE_MAX_BYTES,
+    CONFIG_MAX_BYTES,
+    SECRET_MAX_BYTES,
+    Refused,
+    check_regular,
+    read_regular_file,
+)
+from ldapquota.errors import ConfigError, clip, excerpt
 from ldapquota.paths import PathTemplate
 from ldapquota.settings import (
     AccountsConfig,
@@ -50,9 +58,9 @@ _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
     "ldap": {
         "uri": kinds.uris,
         "bind_dn": kinds.optional_dn,
-        "bind_password_file": kinds.optional_string,
+        "bind_password_file": kinds.optional_file_path,
         "start_tls": kinds.boolean,
-        "ca_file": kinds.optional_string,
+        "ca_file": kinds.optional_file_path,
         "base_dn": kinds.dn,
         "filter": kinds.ldap_filter,
         "status_dn": kinds.optional_dn,
@@ -95,7 +103,7 @@ _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
     "mta": {
         "uri": kinds.optional_uris,
         "bind_dn": kinds.optional_dn,
-        "bind_password_file": kinds.optional_string,
+        "bind_password_file": kinds.optional_file_path,
         "on_ldap_error": kinds.on_ldap_error,
         "defer_text": kinds.smtp_text("4"),
         "fail_text": kinds.smtp_text("5"),
@@ -133,15 +141,50 @@ class _Located:
         return ConfigError(f"{self.where(key)}: {key}: {message}")
 
 
-def _parse_yaml(path: str, text: str) -> _Located:
-    located = _Located(path)
+# YAML aliases let a few hundred bytes stand for billions of values (a "billion laughs"
+# alias bomb): composing shares the nodes, but anything that walks the value (its repr in
+# an error message, a converter) expands them. A config holds a few dozen values, so every
+# value is walked first, aliases expanded, against this budget (docs/contract.md §7).
+_MAX_NODES = 10_000
+_MAX_DEPTH = 20  # a config nests two or three levels
+_MAX_KEY_CHARS = 64
+
+
+def _check_expansion(located: _Located, dotted: str, node: yaml.Node, budget: List[int]) -> None:
+    """Count the nodes of ``node`` as its consumers will see them (every alias expanded)
+    against what is left of ``budget[0]``; refuse the key past it. Iterative and bounded
+    by the budget, so it also ends on a recursive alias (``&a [*a]``)."""
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise located.error(dotted, f"YAML aliases expand beyond {_MAX_NODES} values (an alias bomb?); refused")
+        if depth > _MAX_DEPTH:
+            raise located.error(dotted, f"nested more than {_MAX_DEPTH} levels deep; refused")
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in current.value)
+        elif isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                stack.extend(((key, depth + 1), (value, depth + 1)))
+
+
+def _compose(path: str, text: str) -> Optional[yaml.Node]:
     try:
-        document = yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from None
+        raise ConfigError(f"{path}{line}: not valid YAML: {clip(problem)}") from None
+    except RecursionError:  # PyYAML's composer recurses once per level of [[[[...
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply for a config file") from None
+
+
+def _parse_yaml(path: str, text: str) -> _Located:
+    located = _Located(path)
+    document = _compose(path, text)
+    budget = [_MAX_NODES]
     if document is None:
         return located
     if not isinstance(document, yaml.MappingNode):
@@ -168,11 +211,12 @@ def _parse_yaml(path: str, text: str) -> _Located:
                 raise located.error(dotted, f"unknown key; keys of {section}: are {known}")
             if key in located.values[section]:
                 raise located.error(dotted, "key given twice")
+            _check_expansion(located, dotted, value_node, budget)
             try:
                 located.values[section][key] = constructor.construct_object(value_node, deep=True)
             except (yaml.YAMLError, TypeError, ValueError) as exc:
                 problem = getattr(exc, "problem", None) or str(exc)
-                raise located.error(dotted, f"bad value: {problem}") from None
+                raise located.error(dotted, f"bad value: {clip(problem)}") from None
     return located
 
 
@@ -182,9 +226,11 @@ def _plain_key(path: str, node: yaml.Node) -> str:
     if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
         shown = node.value if isinstance(node, yaml.ScalarNode) else type(node).__name__.replace("Node", "").lower()
         raise ConfigError(
-            f"{path}, line {node.start_mark.line + 1}: {shown!r} is not a plain key name "
+            f"{path}, line {node.start_mark.line + 1}: {excerpt(shown)} is not a plain key name "
             "(merge keys <<, tags and complex keys are not supported)"
         )
+    if len(node.value) > _MAX_KEY_CHARS:  # none of ours is; messages show keys whole
+        raise ConfigError(f"{path}, line {node.start_mark.line + 1}: {excerpt(node.value)} is not a key of this file")
     return str(node.value)
 
 
@@ -212,12 +258,18 @@ def _convert(located: _Located) -> Dict[str, Dict[str, Any]]:
     return converted
 
 
+def _text(data: bytes) -> str:
+    """UTF-8 with universal newlines, as open() in text mode reads it. Raises UnicodeDecodeError."""
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _read_secret(located: _Located, key: str, path: Optional[str]) -> Optional[str]:
     if path is None:
         return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            secret = handle.read()
+        secret = _text(read_regular_file(path, SECRET_MAX_BYTES))
+    except Refused as exc:
+        raise located.error(key, f"{path} {exc}") from None
     except OSError as exc:
         raise located.error(key, f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -242,21 +294,45 @@ def _cross_checks(located: _Located, values: Dict[str, Dict[str, Any]]) -> None:
         raise located.error("ldap.bind_password_file", "given without ldap.bind_dn")
     if ldap["start_tls"] and any(uri.lower().startswith("ldaps://") for uri in ldap["uri"]):
         raise located.error("ldap.start_tls", "cannot be combined with an ldaps:// URI (TLS is already on)")
-    if ldap["ca_file"] and not os.access(ldap["ca_file"], os.R_OK):
-        raise located.error("ldap.ca_file", f"cannot read {ldap['ca_file']}")
+    if ldap["ca_file"]:
+        _check_file(located, "ldap.ca_file", ldap["ca_file"], CA_FILE_MAX_BYTES, must_exist=True)
+        if not os.access(ldap["ca_file"], os.R_OK):
+            raise located.error("ldap.ca_file", f"cannot read {ldap['ca_file']}")
     mta = values["mta"]
     if mta["bind_password_file"] and not mta["bind_dn"]:
         raise located.error("mta.bind_password_file", "given without mta.bind_dn")
+    if mta["bind_password_file"]:
+        # Exim reads it, maybe on another host: checked only when it is here (a FIFO there
+        # would hang Exim's ${readfile}).
+        _check_file(located, "mta.bind_password_file", mta["bind_password_file"], SECRET_MAX_BYTES, must_exist=False)
     template: PathTemplate = values["mailboxes"]["path"]
     if values["accounts"]["mailbox_attribute"] is None and not template.parts:
         raise located.error("mailboxes.path", "is empty")
 
 
-def load_config(path: str) -> Config:
-    """Read, validate and freeze the config at ``path``. Raises ConfigError."""
+def _check_file(located: _Located, key: str, path: str, limit: int, must_exist: bool) -> None:
+    """A file read by others (OpenSSL, Exim): a regular file of sane size, by its stat
+    alone (never opened here, so a FIFO cannot block us)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        status = os.stat(path)
+    except OSError as exc:
+        if must_exist:
+            raise located.error(key, f"cannot read {path}: {exc.strerror}") from None
+        return
+    try:
+        check_regular(status, limit)
+    except Refused as exc:
+        raise located.error(key, f"{path} {exc}") from None
+
+
+def load_config(path: str) -> Config:
+    """Read, validate and freeze the config at ``path``. Raises ConfigError.
+
+    Never blocks and never reads more than CONFIG_MAX_BYTES + 1 bytes (config_files)."""
+    try:
+        text = _text(read_regular_file(path, CONFIG_MAX_BYTES))
+    except Refused as exc:
+        raise ConfigError(f"config file {path} {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -10,6 +10,7 @@ import re
 from typing import Any, Callable, Optional, Tuple
 
 from ldapquota import sources
+from ldapquota.errors import excerpt
 from ldapquota.ldap.syntax import check_dn_syntax, check_filter_syntax
 from ldapquota.paths import PathTemplate
 from ldapquota.quota import Limit, Percent, exact_percent, parse_maildirpp_limit
@@ -26,6 +27,16 @@ def optional_string(value: Any) -> Optional[str]:
     return None if value is None else string(value)
 
 
+def optional_file_path(value: Any) -> Optional[str]:
+    """A file name: shown whole in messages, so bounded as the kernel bounds it (PATH_MAX)."""
+    if value is None:
+        return None
+    text = string(value)
+    if len(text) >= 4096:
+        raise ValueError(f"{excerpt(text)} is too long for a file name")
+    return text
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {show(value)}")
@@ -39,7 +50,7 @@ def percent(value: Any) -> Percent:
         try:
             value = float(value) if "." in value or "e" in value.lower() else int(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not a number") from None
+            raise ValueError(f"{excerpt(value)} is not a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a percentage such as 100, got {show(value)}")
     if not math.isfinite(value) or not 0 < value <= 1000:
@@ -55,7 +66,7 @@ def uris(value: Any) -> Tuple[str, ...]:
     for item in items:
         uri = string(item)
         if not re.match(r"^(ldap|ldaps)://(\[[0-9A-Fa-f:.]+\]|[^/?#:\[\]]+)(:\d{1,5})?/?$", uri, re.IGNORECASE):
-            raise ValueError(f"{uri!r} is not an ldap:// or ldaps:// URI of a server (host[:port])")
+            raise ValueError(f"{excerpt(uri)} is not an ldap:// or ldaps:// URI of a server (host[:port])")
         uris.append(uri)
     return tuple(uris)
 
@@ -78,7 +89,7 @@ def ldap_filter(value: Any) -> str:
                 well_formed = False
                 break
     if not well_formed or depth != 0:
-        raise ValueError(f"{text!r} is not one LDAP filter in parentheses, e.g. (&(objectClass=inetOrgPerson)(mail=*))")
+        raise ValueError(f"{excerpt(text)} is not one LDAP filter in parentheses, e.g. (&(objectClass=inetOrgPerson)(mail=*))")
     check_filter_syntax(text)
     return text
 
@@ -96,7 +107,7 @@ def optional_dn(value: Any) -> Optional[str]:
 def attribute(value: Any) -> str:
     text = string(value)
     if not re.match(r"^[A-Za-z][A-Za-z0-9-]*(;[A-Za-z0-9-]+)*$", text):
-        raise ValueError(f"{text!r} is not an LDAP attribute name")
+        raise ValueError(f"{excerpt(text)} is not an LDAP attribute name")
     return text
 
 
@@ -124,16 +135,16 @@ def default_quota(value: Any) -> Optional[Limit]:
 def directory_path(value: Any) -> str:
     text = string(value)
     if not os.path.isabs(text):
-        raise ValueError(f"{text!r} must be an absolute path")
+        raise ValueError(f"{excerpt(text)} must be an absolute path")
     return os.path.normpath(text)
 
 
 def template(value: Any) -> PathTemplate:
     text = string(value)
     if os.path.isabs(text):
-        raise ValueError(f"{text!r} must be relative to mailboxes.root")
+        raise ValueError(f"{excerpt(text)} must be relative to mailboxes.root")
     if ".." in text.split("/"):
-        raise ValueError(f"{text!r} steps out of mailboxes.root with '..'")
+        raise ValueError(f"{excerpt(text)} steps out of mailboxes.root with '..'")
     return PathTemplate.parse(text)
 
 
@@ -169,7 +180,7 @@ def log_level(value: Any) -> str:
 def log_target(value: Any) -> str:
     text = string(value)
     if text not in ("stderr", "syslog") and not os.path.isabs(text):
-        raise ValueError(f"expected stderr, syslog or an absolute file path, got {text!r}")
+        raise ValueError(f"expected stderr, syslog or an absolute file path, got {excerpt(text)}")
     return text
 
 
@@ -186,4 +197,4 @@ def smtp_text(kind: str) -> Callable[[Any], str]:
 def show(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {excerpt(value)}"

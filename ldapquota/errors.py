@@ -5,6 +5,7 @@ The LDAP library's exceptions are translated into these in one place
 """
 
 import os
+import reprlib
 
 EX_OK = 0
 EX_PARTIAL = 1  # done, but some accounts had errors
@@ -14,6 +15,35 @@ EX_SOFTWARE = os.EX_SOFTWARE  # 70
 EX_TEMPFAIL = os.EX_TEMPFAIL  # 75
 EX_NOPERM = os.EX_NOPERM  # 77
 EX_CONFIG = os.EX_CONFIG  # 78
+
+
+#: How much of a value an error message shows (docs/contract.md §7: never more than a short
+#: excerpt; a value may be a megabyte of text, or a structure YAML aliases make enormous).
+EXCERPT_CHARS = 60
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 2  # [[...], [...], ...]: enough to see the shape
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = EXCERPT_CHARS
+
+
+def excerpt(value: object) -> str:
+    """``repr(value)``, cut short: a long string shows its start, "…" and its length.
+
+    reprlib looks at only the first items of the first levels, so even a structure of a
+    billion shared sublists is shown at once (repr() would expand every one of them).
+    """
+    if isinstance(value, str):
+        if len(value) <= EXCERPT_CHARS:
+            return repr(value)
+        return f"{value[:EXCERPT_CHARS]!r}… ({len(value)} characters)"
+    shown = _SHORT.repr(value)
+    return shown if len(shown) <= EXCERPT_CHARS else shown[:EXCERPT_CHARS] + "…"
+
+
+def clip(text: str, limit: int = 4 * EXCERPT_CHARS) -> str:
+    """A message from elsewhere (a parser's complaint) cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class LdapQuotaError(Exception):

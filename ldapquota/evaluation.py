@@ -22,7 +22,7 @@ class Evaluation:
     A plain slotted class, not a dataclass: one is made per account per sync.
     """
 
-    __slots__ = ("entry", "old", "account", "measurement", "decision", "error")
+    __slots__ = ("entry", "old", "account", "measurement", "decision", "error", "entry_address")
 
     def __init__(
         self,
@@ -32,6 +32,7 @@ class Evaluation:
         measurement: Optional[Measurement] = None,
         decision: Optional[Decision] = None,
         error: Optional[str] = None,
+        entry_address: Optional[str] = None,
     ):
         self.entry = entry
         self.old = old
@@ -39,10 +40,15 @@ class Evaluation:
         self.measurement = measurement
         self.decision = decision
         self.error = error
+        self.entry_address = entry_address  # when no Account could be made: for messages
 
     @property
     def address(self) -> str:
-        return self.account.address if self.account else self.entry.dn
+        """Who this is in messages: the address (operators and users know it), the DN only
+        when the entry has none."""
+        if self.account:
+            return self.account.address
+        return self.entry_address or self.entry.dn
 
     @property
     def new(self) -> QuotaState:
@@ -82,7 +88,8 @@ class Evaluator:
             try:
                 account = account_from_entry(entry, self.accounts, self.source)
             except AccountError as exc:
-                evaluations.append(Evaluation(entry, old, error=str(exc)))
+                address = entry.first(self.accounts.address_attribute)
+                evaluations.append(Evaluation(entry, old, error=str(exc), entry_address=address))
                 continue
             evaluation = Evaluation(entry, old, account)
             evaluations.append(evaluation)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+from ldapquota.errors import excerpt
+
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _ATTR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*(;[A-Za-z0-9-]+)*$")
 _FIELDS = ("localpart", "domain", "address")
@@ -39,14 +41,14 @@ class PathTemplate:
         for match in _PLACEHOLDER.finditer(text):
             literal = text[position : match.start()]
             if "{" in literal or "}" in literal:
-                raise ValueError(f"unbalanced brace in {text!r}")
+                raise ValueError(f"unbalanced brace in {excerpt(text)}")
             if literal:
                 parts.append(literal)
             parts.append(_parse_field(match.group(1)))
             position = match.end()
         tail = text[position:]
         if "{" in tail or "}" in tail:
-            raise ValueError(f"unbalanced brace in {text!r}")
+            raise ValueError(f"unbalanced brace in {excerpt(text)}")
         if tail:
             parts.append(tail)
         return cls(text, tuple(parts))
@@ -73,7 +75,7 @@ class PathTemplate:
             if part.lower:
                 value = value.lower()
             if not value or "/" in value or "\0" in value or value in (".", ".."):
-                raise ValueError(f"{{{_describe(part)}}} is {value!r}, which cannot be part of a path")
+                raise ValueError(f"{{{_describe(part)}}} is {excerpt(value)}, which cannot be part of a path")
             out.append(value)
         return "".join(out)
 
@@ -112,7 +114,7 @@ def _field_value(field: _Field, address: Optional[str], attributes: Mapping[str,
         return address
     localpart, at, domain = address.rpartition("@")
     if not at or not localpart or not domain:
-        raise ValueError(f"address {address!r} is not localpart@domain")
+        raise ValueError(f"address {excerpt(address)} is not localpart@domain")
     return localpart if field.name == "localpart" else domain
 
 
@@ -136,7 +138,7 @@ def lexically_under_root(root_real: str, path: str) -> str:
     """
     joined = os.path.normpath(os.path.join(root_real, path))
     if not is_under(root_real, joined):
-        raise ValueError(f"{path!r} leads to {joined}, outside mailboxes.root {root_real}")
+        raise ValueError(f"{excerpt(path)} leads to {excerpt(joined)}, outside mailboxes.root {root_real}")
     return joined
 
 

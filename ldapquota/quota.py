@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple, Optional, Union
 
-_MAILDIRPP_ITEM = re.compile(r"^(\d{1,30})([SC])$")
+from ldapquota.errors import excerpt
+
+_MAILDIRPP_ITEM = re.compile(r"^(\d+)([SC])$")
+#: 10**30 bytes is beyond any disk: a longer number is a typo, refused as "too large" (a
+#: bound also keeps int() well inside Python's digit limit).
+_MAX_DIGITS = 30
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,12 @@ def parse_maildirpp_limit(text: str) -> Limit:
     for item in text.split(","):
         match = _MAILDIRPP_ITEM.match(item.strip())
         if not match:
-            raise ValueError(f"{item.strip()!r} is not <number>S or <number>C")
+            raise ValueError(f"{excerpt(item.strip())} is not <number>S or <number>C")
         number, kind = match.groups()
+        if len(number) > _MAX_DIGITS:
+            raise ValueError(f"{excerpt(item.strip())} is too large (more than {_MAX_DIGITS} digits)")
         if kind in found:
-            raise ValueError(f"{kind} given twice in {text!r}")
+            raise ValueError(f"{kind} given twice in {excerpt(text)}")
         found[kind] = int(number)
     return Limit(bytes=found.get("S"), messages=found.get("C"))
 
@@ -85,10 +92,12 @@ def parse_limit_value(value: str, unit: Optional[int]) -> Limit:
     as such whatever the unit. Raises ValueError for anything else (negative, garbage).
     """
     text = value.strip()
-    if text.isdigit() and len(text) <= 30:
+    if text.isdecimal():  # what int() reads (isdigit() would also let "²" through)
+        if len(text) > _MAX_DIGITS:
+            raise ValueError(f"too large (more than {_MAX_DIGITS} digits)")
         return Limit(bytes=int(text) * (unit or 1))
-    if text.startswith("-") and text[1:].isdigit():
-        raise ValueError(f"negative quota {text!r}")
+    if text.startswith("-") and text[1:].isdecimal():
+        raise ValueError(f"negative quota {excerpt(text)}")
     return parse_maildirpp_limit(text)
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Union
 
+from ldapquota.errors import excerpt
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -38,13 +40,13 @@ def parse_size(value: Union[int, str]) -> int:
         raise ValueError("expected a size such as 50MiB, got a boolean")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"a size cannot be negative ({value})")
+            raise ValueError(f"a size cannot be negative ({excerpt(value)})")
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as 50MiB, got {type(value).__name__}")
     match = _SIZE_RE.match(value)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"{value!r} is not a size; use bytes or a suffix such as 500MB or 50MiB")
+        raise ValueError(f"{excerpt(value)} is not a size; use bytes or a suffix such as 500MB or 50MiB")
     number, unit = match.groups()
     scaled = float(number) * _SIZE_UNITS[unit.lower()] if "." in number else int(number) * _SIZE_UNITS[unit.lower()]
     return int(scaled)
@@ -59,12 +61,12 @@ def parse_duration(value: Union[int, float, str]) -> float:
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if not match:
-            raise ValueError(f"{value!r} is not a duration; use seconds or a suffix s, m, h (e.g. 90s, 5m, 1h)")
+            raise ValueError(f"{excerpt(value)} is not a duration; use seconds or a suffix s, m, h (e.g. 90s, 5m, 1h)")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError(f"expected a duration such as 60s, got {type(value).__name__}")
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a duration must be a positive, finite number of seconds, got {value!r}")
+        raise ValueError(f"a duration must be a positive, finite number of seconds, got {excerpt(value)}")
     return seconds
 
 
@@ -103,10 +105,10 @@ def parse_change_limit(value: Union[int, str]) -> ChangeLimit:
             try:
                 percent = Fraction(text[:-1].strip())
             except (ValueError, ZeroDivisionError):
-                raise ValueError(f"{value!r} is not a percentage") from None
+                raise ValueError(f"{excerpt(value)} is not a percentage") from None
             if not 0 <= percent <= 100:
-                raise ValueError(f"{value!r}: a percentage must be between 0% and 100%")
+                raise ValueError(f"{excerpt(value)}: a percentage must be between 0% and 100%")
             return ChangeLimit(percent=percent)
         if text.isdigit():
             return ChangeLimit(count=int(text))
-    raise ValueError(f"{value!r} is not a count or a percentage such as 10%")
+    raise ValueError(f"{excerpt(value)} is not a count or a percentage such as 10%")

@@ -10,6 +10,8 @@ from ldap3.utils.asn1 import encode as ber_encode
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
+from ldapquota.errors import clip, excerpt
+
 
 def escape_value(value: str) -> str:
     """RFC 4515 escaping of a value placed in a filter (``*``, ``(``, ``)``, ``\\``, NUL)."""
@@ -35,7 +37,7 @@ def check_filter_syntax(text: str) -> None:
     try:
         parse_filter(text, None, auto_escape=False, auto_encode=False, validator=None, check_names=False)
     except ldap_exc.LDAPException as exc:
-        raise ValueError(f"{text!r} is not a valid LDAP filter: {exc}") from None
+        raise ValueError(f"{excerpt(text)} is not a valid LDAP filter: {clip(str(exc))}") from None
 
 
 def check_dn_syntax(text: str) -> None:
@@ -43,7 +45,7 @@ def check_dn_syntax(text: str) -> None:
     try:
         parse_dn(text)
     except ldap_exc.LDAPException as exc:
-        raise ValueError(f"{text!r} is not a valid DN: {exc}") from None
+        raise ValueError(f"{excerpt(text)} is not a valid DN: {clip(str(exc))}") from None
 
 
 def generalized_time(epoch: float) -> str:
