@@ -117,3 +117,12 @@ def run_on_terminal(argv: Sequence[str], stdout: Optional[IO[bytes]] = None, tim
     process.wait(timeout=10)
     os.close(master)
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A YAML flow sequence ``&l8 [&l7 [... &l0 [lol x9], *l0 x8] ...], *l7 x8]``: a few
+    hundred bytes that expand to width**levels (387 million) strings."""
+    text = "&l0 [" + ", ".join(["lol"] * width) + "]"
+    for level in range(1, levels):
+        text = f"&l{level} [{text}" + f", *l{level - 1}" * (width - 1) + "]"
+    return text

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, config_dict, make_maildir, run_cli, write_config
+from helpers import REPO, alias_bomb, config_dict, make_maildir, run_cli, write_config
 
 from ldapquota.config import load_config, parse_config
 from ldapquota.config_files import CONFIG_MAX_BYTES, SECRET_MAX_BYTES
 from ldapquota.errors import ConfigError
+from ldapquota.quota import parse_limit_value
 
 MINIMAL = """\
 ldap:
@@ -27,15 +28,6 @@ mailboxes:
 """
 
 HUNDRED_MB = 100 * 1000 * 1000
-
-
-def alias_bomb(levels: int = 9, width: int = 9) -> str:
-    """``[&l0 [lol x9], *l0 x8]`` nested ``levels`` deep: 9**9 (387 million) strings
-    once expanded, in a few hundred bytes; the outermost list is ``ldap.uri``."""
-    text = "&l0 [" + ", ".join(["lol"] * width) + "]"
-    for level in range(1, levels):
-        text = f"&l{level} [{text}" + f", *l{level - 1}" * (width - 1) + "]"
-    return MINIMAL.replace("ldap://127.0.0.1:389", text)
 
 
 def with_secret(path) -> str:
@@ -124,7 +116,7 @@ def test_windows_line_ends_still_read(tmp_path):
 
 def test_an_alias_bomb_is_refused_with_78_naming_line_and_key(tmp_path):
     path = tmp_path / "bomb.yaml"
-    path.write_text(alias_bomb())
+    path.write_text(MINIMAL.replace("ldap://127.0.0.1:389", alias_bomb()))
     assert len(path.read_bytes()) < 1000
     result = run_limited(["-c", str(path), "--check-config"], timeout=30)
     assert result.returncode == 78, result.stderr[-2000:]
@@ -224,7 +216,11 @@ def test_a_password_file_through_a_symlink_is_read_a_symlink_to_a_fifo_refused(t
     os.mkfifo(fifo)
     link.unlink()
     link.symlink_to(fifo)
-    assert f"{link} is not a regular file (it is a FIFO)" in refused(with_secret(link))
+    config = tmp_path / "ldapquota.yaml"
+    config.write_text(with_secret(link))
+    result = run_limited(["-c", str(config), "--check-config"], timeout=20)  # a child: a hang cannot hang us
+    assert result.returncode == 78, result.stderr
+    assert f"{link} is not a regular file (it is a FIFO)" in result.stderr
 
 
 def test_a_directory_as_the_password_file_is_refused(tmp_path):
@@ -242,6 +238,17 @@ def test_the_mta_password_file_is_checked_when_it_is_on_this_host(tmp_path):
     text = MINIMAL + "mta:\n  bind_dn: cn=exim,dc=example,dc=org\n  bind_password_file: {}\n"
     assert parse_config(text.format(tmp_path / "on-the-mx-host-only")).mta.bind_password_file
     assert "mta.bind_password_file: /dev/zero is not a regular file" in refused(text.format("/dev/zero"))
+
+
+# --------------------------------------------------------------------------- quota values
+
+
+def test_a_31_digit_quota_is_too_large_not_a_syntax_error():
+    with pytest.raises(ValueError, match=r"^too large \(more than 30 digits\)$"):
+        parse_limit_value("1" * 31, 1)
+    assert parse_limit_value("1" * 30, 1).bytes == int("1" * 30)
+    message = refused(MINIMAL + f"accounts:\n  default_quota: {'9' * 31}S,100C\n")
+    assert f"accounts.default_quota: '{'9' * 31}S' is too large (more than 30 digits)" in message
 
 
 # --------------------------------------------------------------------------- LDAP values

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, config_dict, maildirsize_text, make_maildir, run_cli, write_config
+from helpers import REPO, alias_bomb, config_dict, maildirsize_text, make_maildir, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -270,6 +270,44 @@ def test_usr1_hup_and_term(ldap, mail_root, setup, tmp_path):
     assert daemon.stop() == 0
     assert not pidfile.exists()
     assert re.search(r"SIGTERM received: stopping", daemon.log())
+
+
+def test_hup_onto_a_hostile_config_keeps_the_running_one_and_term_still_stops(ldap, mail_root, setup):
+    """docs/contract.md §7: a 100 MB file, an alias bomb or a FIFO in place of the config is
+    refused at once; the daemon keeps its configuration, its events, and stops on TERM."""
+    ldap.add_account("hup@example.org", quota="10000")
+    maildir = mailbox(mail_root, "hup@example.org", 10000, 5000)
+    path, daemon = setup()
+    daemon.start()
+    good = path.read_text()
+    uri = yaml.safe_load(good)["ldap"]["uri"]
+
+    def huge():
+        with open(path, "w") as handle:  # the good config, then 100 MB (sparse: cheap to make)
+            handle.write(good + "#")
+            handle.truncate(100_000_000)
+
+    def bomb():
+        path.write_text(good.replace(uri, alias_bomb()))
+
+    def fifo():  # with no writer: open() for reading the usual way never returns
+        path.unlink()
+        os.mkfifo(path)
+
+    hostile = [
+        (huge, r"is 100000000 bytes; at most \d+ are accepted"),
+        (bomb, r"line \d+: ldap.uri: YAML aliases expand beyond \d+ values"),
+        (fifo, r"is not a regular file \(it is a FIFO\)"),
+    ]
+    for count, (make, refusal) in enumerate(hostile, start=1):
+        make()
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log(rf"reload: .*{refusal}.*; keeping the running configuration")
+        assert daemon.count(r"keeping the running configuration") == count
+    deliver(maildir, 6000)  # events are still handled, with the running configuration
+    wait_flag(ldap, "hup@example.org", "TRUE", daemon=daemon)
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log() and "MemoryError" not in daemon.log()
 
 
 def test_a_second_instance_is_refused(ldap, mail_root, setup):
