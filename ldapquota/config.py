@@ -26,6 +26,7 @@ from ldapquota.paths import PathTemplate
 from ldapquota.settings import (
     AccountsConfig,
     Config,
+    CyrusConfig,
     DaemonConfig,
     LdapConfig,
     LoggingConfig,
@@ -51,6 +52,7 @@ _SECTIONS: Dict[str, type] = {
     "daemon": DaemonConfig,
     "logging": LoggingConfig,
     "mta": MtaConfig,
+    "cyrus": CyrusConfig,
 }
 _FIELD_NAMES = {("ldap", "uri"): "uris", ("mta", "uri"): "uris"}
 
@@ -107,6 +109,12 @@ _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "on_ldap_error": kinds.on_ldap_error,
         "defer_text": kinds.smtp_text("4"),
         "fail_text": kinds.smtp_text("5"),
+    },
+    "cyrus": {
+        "quota_command": kinds.command,
+        "imapd_conf": kinds.directory_path,
+        "quota_root": kinds.name_template,
+        "timeout": parse_duration,
     },
 }
 
@@ -308,6 +316,8 @@ def _cross_checks(located: _Located, values: Dict[str, Dict[str, Any]]) -> None:
     template: PathTemplate = values["mailboxes"]["path"]
     if values["accounts"]["mailbox_attribute"] is None and not template.parts:
         raise located.error("mailboxes.path", "is empty")
+    if values["mailboxes"]["source"] == "maildir" and values["mailboxes"]["root"] is None:
+        raise located.error("mailboxes.root", "is required with mailboxes.source: maildir (where the maildirs are)")
 
 
 def _check_file(located: _Located, key: str, path: str, limit: int, must_exist: bool) -> None:
@@ -356,6 +366,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         daemon=DaemonConfig(**fields["daemon"]),
         logging=LoggingConfig(**fields["logging"]),
         mta=MtaConfig(**fields["mta"]),
+        cyrus=CyrusConfig(**fields["cyrus"]),
     )
 
 

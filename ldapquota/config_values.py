@@ -7,6 +7,7 @@ sentence that the loader (:mod:`ldapquota.config`) prefixes with file, line and 
 import math
 import os
 import re
+import shlex
 from typing import Any, Callable, Optional, Tuple
 
 from ldapquota import sources
@@ -146,6 +147,24 @@ def template(value: Any) -> PathTemplate:
     if ".." in text.split("/"):
         raise ValueError(f"{excerpt(text)} steps out of mailboxes.root with '..'")
     return PathTemplate.parse(text)
+
+
+def command(value: Any) -> Tuple[str, ...]:
+    """A command and its options (``doveadm -c /etc/dovecot/alt.conf``), split as a shell
+    would split it, but run without one."""
+    text = string(value)
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} cannot be split into words: {exc}") from None
+    if not words:
+        raise ValueError("the command is empty")
+    return words
+
+
+def name_template(value: Any) -> PathTemplate:
+    """A name built from the account ({address}, {localpart}, {domain}, {attr:NAME})."""
+    return PathTemplate.parse(string(value))
 
 
 def workers(value: Any) -> Optional[int]:

@@ -90,6 +90,14 @@ class PermissionDenied(LdapQuotaError):
     exit_code = EX_NOPERM
 
 
+class SourceUnavailable(LdapQuotaError):
+    """The usage source cannot be asked at all (its command is missing or fails for
+    everyone, its API does not answer or times out): the run stops before any write
+    (docs/contract.md §10)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
 class SafetyRefusal(LdapQuotaError):
     """A safety rule (docs/contract.md §5) refused the run; nothing was written. ``--force`` overrides."""
 

@@ -83,9 +83,9 @@ def evaluate_all(
     first = next(batches, None)
     if first is None:
         return
-    if workers <= 0 or len(first) < BATCH_SIZE:
-        # No workers asked for, or the whole directory fits in one batch: starting
-        # processes would cost more than it saves.
+    if workers <= 0 or len(first) < BATCH_SIZE or (source is not None and not source.parallel):
+        # No workers asked for, or the whole directory fits in one batch, or the source
+        # answers for every mailbox at once: starting processes would cost more than it saves.
         evaluator = Evaluator(config, source, now=now)
         try:
             for batch in itertools.chain([first], batches):

@@ -62,6 +62,19 @@ class PathTemplate:
     def needs_address(self) -> bool:
         return any(isinstance(p, _Field) and p.name != "attr" for p in self.parts)
 
+    def fill(self, address: Optional[str], attributes: Mapping[str, Sequence[object]]) -> str:
+        """The template filled in as plain text (a name, not a path: no path rules).
+        Raises ValueError when a value is missing."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            assert isinstance(part, _Field)
+            value = _field_value(part, address, attributes)
+            out.append(value.lower() if part.lower else value)
+        return "".join(out)
+
     def render(self, address: Optional[str], attributes: Mapping[str, Sequence[object]]) -> str:
         """The relative path for one account. Raises ValueError when a value is missing or
         could step out of its path component (``/``, NUL, ``.``/``..``)."""

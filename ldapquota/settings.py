@@ -41,11 +41,22 @@ class AccountsConfig:
 
 @dataclass(frozen=True)
 class MailboxesConfig:
-    root: str
+    root: Optional[str] = None  # required with source maildir (a cross-check in config.py)
     source: str = "maildir"  # a name registered in ldapquota.sources
     path: PathTemplate = PathTemplate.parse("{domain}/{localpart}/Maildir")
     count_trash: bool = True
     workers: Optional[int] = None  # None: auto (one per spare core); 0: measure in-process
+
+
+@dataclass(frozen=True)
+class CyrusConfig:
+    """``mailboxes.source: cyrus`` (docs/contract.md §10)."""
+
+    quota_command: Tuple[str, ...] = ("/usr/lib/cyrus/bin/quota",)  # the command and its own options, no shell
+    imapd_conf: str = "/etc/imapd.conf"
+    # The account's quota root, spelt as the report spells it (docs/contract.md §7).
+    quota_root: PathTemplate = PathTemplate.parse("user.{localpart}")
+    timeout: float = 60.0  # one run of the report, then it counts as hung
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class Config:
     daemon: DaemonConfig
     logging: LoggingConfig
     mta: MtaConfig
+    cyrus: CyrusConfig = CyrusConfig()
 
     @property
     def mta_uris(self) -> Tuple[str, ...]:

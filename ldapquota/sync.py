@@ -176,13 +176,14 @@ def _measure(config: Config, directory: FlagStore, source: UsageSource, options:
     workers = options.workers
     if workers is None:
         workers = default_workers() if config.mailboxes.workers is None else config.mailboxes.workers
-    for batch in evaluate_all(config, entries, workers=workers, now=options.now, source=source):
-        report.accounts += batch.accounts
-        report.over += batch.over
-        for evaluation in batch.notable:
-            _record(report, evaluation)
-        if options.progress:
-            options.progress(report.accounts)
+    with source.full_pass() as measuring:
+        for batch in evaluate_all(config, entries, workers=workers, now=options.now, source=measuring):
+            report.accounts += batch.accounts
+            report.over += batch.over
+            for evaluation in batch.notable:
+                _record(report, evaluation)
+            if options.progress:
+                options.progress(report.accounts)
     if report.accounts >= 10 and report.no_mailbox * 2 > report.accounts:
         log.warning(
             "%d of %d accounts have no maildir: check mailboxes.root and mailboxes.path (%s)",

@@ -172,3 +172,42 @@ def replica_pair(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.
     finally:
         for server in (consumer, provider):
             _finish(server, pytestconfig)
+
+
+# --------------------------------------------------------------------------- Cyrus
+# tests/servers/cyrus.py: a private Cyrus IMAP master (cyrus-imapd) on 127.0.0.1.
+
+from servers.cyrus import Cyrus, cyrus_available  # noqa: E402
+
+
+def requires_cyrus() -> None:
+    usable, why = cyrus_available()
+    requires(usable, why or "cyrus-imapd")
+
+
+@pytest.fixture(scope="session")
+def cyrus_factory(pytestconfig: pytest.Config) -> Iterator[Callable[..., Cyrus]]:
+    """``make(name, unixhierarchysep=False, virtdomains=False, events=True) -> Cyrus``: start
+    a private Cyrus. All are stopped (by PID) at the end of the session; their directories
+    are removed, or kept and listed if a test failed."""
+    servers: list[Cyrus] = []
+
+    def make(name: str = "cyrus", **options: bool) -> Cyrus:
+        requires_cyrus()
+        server = Cyrus(name, **options)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+        if pytestconfig.stash.get(_FAILED, False):
+            pytestconfig.stash.setdefault(_KEPT, []).append(f"{server.workdir}  (Cyrus config and master.log)")
+        else:
+            server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def cyrus(cyrus_factory: Callable[..., Cyrus]) -> Cyrus:
+    """The shared Cyrus: roots spelt user.NAME, event notifications on."""
+    return cyrus_factory("cyrus")

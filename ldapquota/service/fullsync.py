@@ -11,7 +11,15 @@ import logging
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 from ldapquota.entry import AccountEntry
-from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SafetyRefusal, SchemaMissing, SyncBusy, WriteSuperseded
+from ldapquota.errors import (
+    DirectoryUnavailable,
+    PermissionDenied,
+    SafetyRefusal,
+    SchemaMissing,
+    SourceUnavailable,
+    SyncBusy,
+    WriteSuperseded,
+)
 from ldapquota.flagstore import FlagStore
 from ldapquota.quota import QuotaState
 from ldapquota.service.link import breaks_connection
@@ -166,7 +174,9 @@ class DaemonFullSync:
         except SafetyRefusal as exc:
             asked = full_sync.due_at
             self._refused(exc, tee.complete, tee.accounts)
-        except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
+        except (DirectoryUnavailable, PermissionDenied, SchemaMissing, SourceUnavailable) as exc:
+            # SourceUnavailable: the usage source cannot be asked (docs/contract.md §10):
+            # nothing was written; tried again with the same backoff.
             asked = full_sync.due_at
             self._failed(exc)
         else:

@@ -26,11 +26,11 @@ import logging
 import os
 import select
 import time
-from typing import Callable, Optional, Set, Tuple
+from typing import Callable, Optional, Sequence, Set, Tuple
 
 from ldapquota.accounts import account_from_entry
 from ldapquota.entry import STATE_ATTRIBUTES, AccountEntry
-from ldapquota.errors import AccountError, DirectoryUnavailable, PermissionDenied, SafetyRefusal
+from ldapquota.errors import AccountError, DirectoryUnavailable, PermissionDenied, SafetyRefusal, SourceUnavailable
 from ldapquota.evaluation import Evaluator
 from ldapquota.flagstore import FlagStore, open_store
 from ldapquota.quota import QuotaState
@@ -257,22 +257,33 @@ class Service:
         due = self.debouncer.pop_due(now, BATCH)
         if not due:
             return
+        source = self.evaluator.source
         # An unmounted store looks like every mailbox vanishing: act on nothing then.
         try:
-            self.evaluator.source.check_ready()
-        except (SafetyRefusal, DirectoryUnavailable) as exc:
-            if self._source_problem is None:
-                log.error("%s; measuring paused until it is back", exc)
-            self._source_problem = str(exc)
-            for key in due:
-                self.debouncer.touch(key, now, delay=ROOT_RETRY)
+            source.check_ready()
+        except (SafetyRefusal, DirectoryUnavailable, SourceUnavailable) as exc:
+            self._source_down(exc, due, now)
             return
         if self._source_problem is not None:
             log.info("the mail store is back; measuring again")
             self._source_problem = None
-            self.evaluator.source.reopen()  # what it held open may be the directory under the mount
+            source.reopen()  # what it held open may be the directory under the mount
+        done = 0
+        try:
+            records = [self.table.get(key) for key in due]
+            source.prefetch([record.mailbox for record in records if record is not None and record.mailbox is not None])
+            for key in due:
+                self._evaluate(key)
+                done += 1
+        except SourceUnavailable as exc:  # the source's command failed or hung (docs/contract.md §10)
+            self._source_down(exc, due[done:], now)
+
+    def _source_down(self, exc: Exception, due: Sequence[str], now: float) -> None:
+        if self._source_problem is None:
+            log.error("%s; measuring paused until it is back", exc)
+        self._source_problem = str(exc)
         for key in due:
-            self._evaluate(key)
+            self.debouncer.touch(key, now, delay=ROOT_RETRY)
 
     def _evaluate(self, key: str) -> None:
         record = self.table.get(key)

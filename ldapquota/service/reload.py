@@ -36,8 +36,8 @@ def reload_config(service: "Service") -> None:
     now = service.clock()
     if new.ldap != old.ldap:
         service.link.reset(service.new_store)
-    measuring = (new.ldap, new.accounts, new.mailboxes, new.policy)
-    if measuring != (old.ldap, old.accounts, old.mailboxes, old.policy):
+    measuring = (new.ldap, new.accounts, new.mailboxes, new.policy, new.cyrus)
+    if measuring != (old.ldap, old.accounts, old.mailboxes, old.policy, old.cyrus):
         service.evaluator.close()
         service.evaluator = service.new_evaluator(new)
         service.table.layout = make_layout(service.evaluator.attributes)
@@ -52,7 +52,9 @@ def reload_config(service: "Service") -> None:
         service.refresh.interval = daemon.account_refresh
     service.recheck.change_interval(daemon.over_recheck, now)
     service.trust.change_interval(daemon.account_refresh, now)
-    if (daemon.watch, daemon.poll_interval, new.mailboxes) != (old.daemon.watch, old.daemon.poll_interval, old.mailboxes):
+    if (daemon.watch, daemon.poll_interval, new.mailboxes, new.cyrus) != (
+        old.daemon.watch, old.daemon.poll_interval, old.mailboxes, old.cyrus
+    ):
         # Start over with the new way of noticing changes; the full sync follows every mailbox.
         assert service.feed is not None
         service.feed.close()

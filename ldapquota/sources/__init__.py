@@ -18,6 +18,7 @@ __all__ = ["REGISTRY", "ChangeFeed", "FeedChanges", "Measurement", "UsageSource"
 #: source's dependencies are loaded only where it is configured).
 REGISTRY: Dict[str, str] = {
     "maildir": "ldapquota.sources.maildir",
+    "cyrus": "ldapquota.sources.cyrus",
 }
 
 

@@ -9,9 +9,10 @@ change notifications of its own gets a :class:`PollingFeed`.
 """
 
 import abc
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, NamedTuple, Optional, Sequence, Set, Union
+from typing import Callable, Deque, Iterator, List, NamedTuple, Optional, Sequence, Set, Union
 
 from ldapquota.entry import AccountEntry
 from ldapquota.errors import MeasureError
@@ -150,6 +151,9 @@ class UsageSource(abc.ABC):
 
     #: Where a limit comes from when LDAP and the default give none (for --show).
     own_limit = "the mail store's own limit"
+    #: Does a full sync gain from measuring in worker processes? Not when the store hands
+    #: out every mailbox's usage in one answer (docs/contract.md §10).
+    parallel = True
 
     def __init__(self, config: Config):
         self.config = config
@@ -195,6 +199,16 @@ class UsageSource(abc.ABC):
             except MeasureError as exc:
                 results.append(exc)
         return results
+
+    @contextlib.contextmanager
+    def full_pass(self) -> Iterator["UsageSource"]:
+        """The source to measure all accounts of one full sync with. A source that reads
+        every mailbox in one go hands out a view that does so once for the whole pass."""
+        yield self
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """The daemon is about to measure these mailboxes (by :meth:`key`) one by one: a
+        source that asks in batches may ask for all of them now."""
 
     def feed(self, daemon: DaemonConfig) -> ChangeFeed:
         """The daemon's change notifications; without any, everything is polled."""

@@ -41,9 +41,12 @@ class Source(UsageSource):
 
     def __init__(self, config: Config):
         super().__init__(config)
+        # config.py requires the root with this source (docs/contract.md §7).
+        assert config.mailboxes.root is not None, "mailboxes.root is required with mailboxes.source: maildir"
+        self.root: str = config.mailboxes.root
         self.mailboxes = config.mailboxes
         self.mailbox_attribute = config.accounts.mailbox_attribute
-        self.store = MailStore(config.mailboxes.root)
+        self.store = MailStore(self.root)
         self.root_real = self.store.root_real
 
     @property
@@ -70,7 +73,7 @@ class Source(UsageSource):
             return None
 
     def check_ready(self) -> None:
-        check_mail_root(self.mailboxes.root)
+        check_mail_root(self.root)
 
     def describe_ready(self) -> str:
         return f"mailboxes.root {self.mailboxes.root} exists and is not empty"
