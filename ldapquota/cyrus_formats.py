@@ -100,6 +100,7 @@ class EventSettings(NamedTuple):
     socket: Optional[str]
     problem: Optional[str]
     warning: Optional[str] = None
+    configdirectory: Optional[str] = None  # whose owner the socket is given to
 
 
 def event_settings(options: Mapping[str, str]) -> EventSettings:
@@ -122,7 +123,7 @@ def event_settings(options: Mapping[str, str]) -> EventSettings:
         return EventSettings(None, f"notifysocket {socket} is a dlist: stream; ldapquota reads datagrams", warning)
     if not socket.startswith("/"):
         return EventSettings(None, f"notifysocket {socket!r} is not an absolute path", warning)
-    return EventSettings(socket, None, warning)
+    return EventSettings(socket, None, warning, configdirectory or None)
 
 
 # --------------------------------------------------------------------------- notifications

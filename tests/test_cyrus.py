@@ -7,10 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, write_config
-from servers.cyrus import QUOTA_COMMAND, Cyrus
+from helpers import REPO, run_cli, write_config
+from servers.cyrus import QUOTA_COMMAND, Cyrus, message
+from servers.exim import rcpt, secret_for_exim, send
 from test_daemon import DaemonProcess, wait_until
 from test_sync import flags, summary
+
+from ldapquota.config import parse_config
+from ldapquota.exim import render_exim_config, replace_blocks, split_blocks
 
 pytestmark = pytest.mark.integration
 
@@ -262,3 +266,125 @@ def test_cyrus_report_unit_is_bytes_on_the_real_binary(cyrus):
     assert cyrus.report()[root]["STORAGE"]["limit"] == 100 * KiB
     assert cyrus.report()[root]["MESSAGE"]["limit"] == 7
     assert shutil.which(QUOTA_COMMAND) and Path(QUOTA_COMMAND).name == "quota"
+
+
+# --------------------------------------------------------------------------- the Exim side: the 2005 recipe
+
+EXIM_EXAMPLE = REPO / "examples" / "cyrus" / "exim4.conf"
+
+
+def test_the_cyrus_exim_example_holds_what_ldapquota_prints_for_its_config(tmp_path):
+    """examples/cyrus/exim4.conf carries the blocks for examples/cyrus/ldapquota.yaml."""
+    secret = tmp_path / "bind.secret"
+    secret.write_text("x\n")
+    yaml_text = (REPO / "examples" / "cyrus" / "ldapquota.yaml").read_text().replace("/etc/ldapquota/bind.secret", str(secret))
+    config = parse_config(yaml_text, "examples/cyrus/ldapquota.yaml")
+    assert config.mailboxes.source == "cyrus"
+    assert split_blocks(EXIM_EXAMPLE.read_text()) == split_blocks(render_exim_config(config, "defer"))
+
+
+@pytest.fixture
+def seed_exim(ldap, cyrus, exim_factory, tmp_path):
+    """examples/cyrus/exim4.conf, delivering over LMTP into the test Cyrus, with the blocks
+    ldapquota prints for a config pointing at the test slapd."""
+    import tempfile
+
+    files = Path(tempfile.mkdtemp(prefix="ldapquota-cyrus-exim-"))
+    files.chmod(0o755)
+    aliases = files / "aliases"
+    aliases.write_text("")
+    aliases.chmod(0o644)
+    secret = secret_for_exim(ldap.exim_pw)
+    settings = cyrus_config(ldap, cyrus, mta={"bind_dn": ldap.exim_dn, "bind_password_file": str(secret)})
+    config = write_config(tmp_path / "exim-ldapquota.yaml", settings)
+    blocks = run_cli(["-c", str(config), "--exim-config"])
+    assert blocks.returncode == 0, blocks.stderr
+    macros = {
+        "MAIL_DOMAINS": "example.org",
+        "LDAP_SERVER": ldap.uri,
+        "LDAP_BASE": ldap.people_dn,
+        "LDAP_BIND": 'user="%s" pass=${quote:${readfile{%s}{}}}' % (ldap.exim_dn, secret),
+        "CYRUS_LMTP_SOCKET": str(cyrus.lmtp_socket),
+        "ALIAS_FILE": str(aliases),
+    }
+    yield exim_factory(replace_blocks(EXIM_EXAMPLE.read_text(), split_blocks(blocks.stdout)), macros, name="exim-cyrus")
+    shutil.rmtree(files, ignore_errors=True)
+
+
+def test_the_seed_recipe_answers_452_at_rcpt_for_a_full_cyrus_mailbox(ldap, cyrus, seed_exim, tmp_path):
+    """The recipe's SMTP dialogue, without its hour: mail delivered through Exim's LMTP
+    transport fills the Cyrus mailbox, the daemon sets the flag on Cyrus's notification,
+    RCPT TO gets 452 while the SMTP session is still open; an IMAP expunge brings 250 back."""
+    full = unique("seed")
+    ldap.add_account(full)
+    cyrus.add_user(full, storage_kib=10)
+    config = write_config(tmp_path / "ldapquota.yaml", cyrus_config(ldap, cyrus, daemon=dict(DAEMON, pidfile=str(tmp_path / "pid"))))
+    daemon = DaemonProcess(config, tmp_path / "daemon.log").start()
+    try:
+        assert rcpt(seed_exim, full)[0] == 250
+        for _ in range(10):
+            assert send(seed_exim, [full], message(3000)) == {}
+            seed_exim.deliver()
+            usage = cyrus.report()[cyrus.root(full)]["STORAGE"]
+            if usage["used"] >= usage["limit"]:
+                break
+        else:
+            raise AssertionError(f"Exim's deliveries never filled {full}:\n{seed_exim.logs()}")
+        assert seed_exim.queue_count() == 0, seed_exim.logs()  # all went into Cyrus over LMTP
+        wait_until(lambda: flag(ldap, full) == "TRUE", what=f"{full} flagged\n{daemon.log()}")
+
+        code, text = rcpt(seed_exim, full)
+        assert (code, text) == (452, "4.2.2 Mailbox full"), seed_exim.logs()
+        assert rcpt(seed_exim, "nobody@example.org")[0] == 550
+
+        cyrus.expunge_all(full)
+        wait_until(lambda: flag(ldap, full) == "FALSE", what=f"{full} cleared\n{daemon.log()}")
+        assert rcpt(seed_exim, full)[0] == 250
+    finally:
+        daemon.stop()
+
+
+# --------------------------------------------------------------------------- --show, --check-config, outages
+
+
+def test_show_and_check_config_speak_of_cyrus(ldap, cyrus, tmp_path):
+    shown = unique("shown")
+    ldap.add_account(shown)
+    cyrus.add_user(shown, storage_kib=10, messages=5)
+    assert not cyrus.deliver(shown, 3000)
+    config = write_config(tmp_path / "ldapquota.yaml", cyrus_config(ldap, cyrus))
+
+    show = run_cli(["-c", str(config), "--show", shown])
+    assert show.returncode == 0, show.stderr
+    assert "limit:    10240S,5C (from Cyrus's own quota limit)" in show.stdout
+    assert f"mailbox:  {cyrus.root(shown)}" in show.stdout
+    assert f"(Cyrus quota root {cyrus.root(shown)!r})" in show.stdout
+
+    check = run_cli(["-c", str(config), "--check-config"])
+    assert f"event notifications go to {cyrus.notify_socket}" in check.stdout, check.stdout + check.stderr
+    assert "quota -J reads" in check.stdout
+
+
+def test_the_daemon_rides_out_a_report_that_fails(ldap, cyrus, tmp_path):
+    """A report that fails while the daemon runs pauses measuring (logged once); the
+    daemon stays up and catches up when the report works again (docs/contract.md §10)."""
+    broken = tmp_path / "broken"
+    wrapper = tmp_path / "quota"
+    wrapper.write_text(f"#!/bin/sh\n[ -e {broken} ] && {{ echo 'cyrus is down' >&2; exit 75; }}\nexec {QUOTA_COMMAND} \"$@\"\n")
+    wrapper.chmod(0o755)
+    address = unique("outage")
+    ldap.add_account(address)
+    cyrus.add_user(address, storage_kib=10)
+    settings = cyrus_config(ldap, cyrus, cyrus={"quota_command": str(wrapper)},
+                            daemon=dict(DAEMON, pidfile=str(tmp_path / "pid")))
+    daemon = DaemonProcess(write_config(tmp_path / "ldapquota.yaml", settings), tmp_path / "daemon.log").start()
+    try:
+        broken.touch()
+        fill(cyrus, address, 10)
+        daemon.wait_log("cyrus is down; measuring paused")
+        assert flag(ldap, address) is None
+        broken.unlink()
+        wait_until(lambda: flag(ldap, address) == "TRUE", timeout=15, what=f"flagged after the outage\n{daemon.log()}")
+        assert daemon.proc.poll() is None
+    finally:
+        daemon.stop()

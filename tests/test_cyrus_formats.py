@@ -102,7 +102,7 @@ def test_imapd_conf_is_read_as_cyrus_reads_it():
 def test_events_need_a_notifier_and_the_message_group():
     assert event_settings({}).problem and event_settings({}).socket is None
     settings = event_settings({"event_notifier": "ldapquota", "configdirectory": "/c"})
-    assert settings == (("/c/socket/notify", None, None))  # event_groups defaults to "message mailbox"
+    assert settings == ("/c/socket/notify", None, None, "/c")  # event_groups defaults to "message mailbox"
     assert event_settings({"event_notifier": "x", "event_groups": "mailbox"}).socket is None
     settings = event_settings({"event_notifier": "x", "event_groups": "message", "notifysocket": "{configdirectory}/n",
                                "configdirectory": "/var/lib/cyrus"})

@@ -29,7 +29,15 @@ import subprocess
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ldapquota.cyrus_formats import ReportError, RootQuota, parse_report, quota_root
+from ldapquota.cyrus_formats import (
+    EventSettings,
+    ReportError,
+    RootQuota,
+    event_settings,
+    parse_imapd_conf,
+    parse_report,
+    quota_root,
+)
 from ldapquota.entry import AccountEntry
 from ldapquota.errors import AccountError, MeasureError, SourceUnavailable
 from ldapquota.settings import Config, DaemonConfig
@@ -42,6 +50,8 @@ NAMED_ROOTS = 100
 EXCERPT = 200
 #: A quota read ahead (polling, prefetch) is used for this long, then read again.
 FRESH_FOR = 5.0
+#: The biggest imapd.conf read.
+MAX_IMAPD_CONF = 1024 * 1024
 
 Found = Dict[str, Optional[RootQuota]]  # root → its quota, None: not in the report
 
@@ -78,7 +88,21 @@ class Source(UsageSource):
             raise SourceUnavailable(f"cyrus.imapd_conf: cannot read {self.settings.imapd_conf}")
 
     def describe_ready(self) -> str:
-        return f"{shutil.which(self.command[0])} can be run, {self.settings.imapd_conf} can be read"
+        roots = len(self.read_all())
+        events = self.events()
+        notifications = (f"event notifications go to {events.socket}" if events.socket
+                         else f"no event notifications ({events.problem}): the daemon will poll")
+        return f"{shutil.which(self.command[0])} -J reads {roots} quota roots; {notifications}"
+
+    def events(self) -> EventSettings:
+        """What imapd.conf says about Cyrus's event notifications."""
+        path = self.settings.imapd_conf
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                options = parse_imapd_conf(handle.read(MAX_IMAPD_CONF))
+        except OSError as exc:
+            return EventSettings(None, f"cannot read {path} (cyrus.imapd_conf): {exc.strerror}")
+        return event_settings(options)
 
     # ------------------------------------------------------------------ measuring
 

@@ -25,7 +25,7 @@ import stat
 import threading
 from typing import Optional, Set, Tuple
 
-from ldapquota.cyrus_formats import event_settings, governing_roots, notification_mailbox, parse_imapd_conf
+from ldapquota.cyrus_formats import governing_roots, notification_mailbox
 from ldapquota.errors import SourceUnavailable
 from ldapquota.sources.base import ChangeFeed, FeedChanges, Measurement
 from ldapquota.sources.cyrus import Source
@@ -38,8 +38,6 @@ RECEIVE_SIZE = 65536 + 1
 MAX_PENDING = 100_000
 #: The polling pass never takes more than a tenth of the daemon's time.
 POLL_SHARE = 10.0
-#: The biggest imapd.conf read.
-MAX_IMAPD_CONF = 1024 * 1024
 
 
 class SocketTaken(Exception):
@@ -57,25 +55,18 @@ class CyrusFeed(ChangeFeed):
         self.events: Optional[EventSocket] = self._listen()
 
     def _listen(self) -> "Optional[EventSocket]":
-        path = self.source.settings.imapd_conf
         without = f"following Cyrus by reading its quota report every {self.poll_interval:g}s only"
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                options = parse_imapd_conf(handle.read(MAX_IMAPD_CONF))
-        except OSError as exc:
-            log.warning("cannot read %s (cyrus.imapd_conf): %s; %s", path, exc.strerror, without)
-            return None
-        settings = event_settings(options)
+        settings = self.source.events()
         if settings.warning:
             log.warning("%s", settings.warning)
         if settings.socket is None:
-            log.warning("%s: %s; %s", path, settings.problem, without)
+            log.warning("%s: %s; %s", self.source.settings.imapd_conf, settings.problem, without)
             return None
         try:
-            return EventSocket(settings.socket, options.get("configdirectory"))
+            return EventSocket(settings.socket, settings.configdirectory)
         except (OSError, SocketTaken) as exc:
             log.warning("cannot receive Cyrus's event notifications at %s (notifysocket in %s): %s; %s",
-                        settings.socket, path, exc, without)
+                        settings.socket, self.source.settings.imapd_conf, exc, without)
             return None
 
     def fileno(self) -> Optional[int]:

@@ -13,14 +13,16 @@ does not hand its own down (docs/maildir-and-mta-facts.md §9). Started as root,
 switches to the ``cyrus`` user, who owns the work directory.
 
 Services on loopback: IMAP and LMTP (``lmtpd -a``: pre-authenticated) on free ports, and
-LMTP on a unix socket (``lmtp_socket``) for Exim's lmtp transport. Logins: the admin is
+LMTP on a unix socket (``lmtp_socket``, the service line of examples/cyrus/cyrus.conf) for
+Exim's lmtp transport. Logins: the admin is
 ``cyrus``; ``sasl_pwcheck_method: alwaystrue`` accepts any password (tests only).
 
 Naming schemes (docs/contract.md §7 ``cyrus.quota_root``): ``unixhierarchysep`` off gives
 roots ``user.jane``, on ``user/jane``; ``virtdomains: userid`` adds ``@domain``.
 
-Event notifications (``event_notifier``, ``event_groups: message``) go to
-``notify_socket``, where ldapquota's daemon listens.
+Event notifications: the lines of examples/cyrus/imapd.conf, with ``notifysocket`` set to
+``notify_socket``, where ldapquota's daemon listens (``events=False`` leaves out
+``event_notifier`` and ``event_groups``).
 
 Mailboxes are created and their quotas set over IMAP as the admin; mail is delivered
 over LMTP and removed over IMAP as the user (STORE \\Deleted, EXPUNGE). The oracle for
@@ -35,6 +37,7 @@ import imaplib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import smtplib
@@ -46,6 +49,10 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 CYRUS_BIN = Path(os.environ.get("CYRUS_BIN", "/usr/lib/cyrus/bin"))
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The files users get: the notification lines of imapd.conf, the LMTP service of cyrus.conf.
+IMAPD_EXAMPLE = REPO_ROOT / "examples" / "cyrus" / "imapd.conf"
+CYRUS_CONF_EXAMPLE = REPO_ROOT / "examples" / "cyrus" / "cyrus.conf"
 CYRUS_USER = os.environ.get("CYRUS_USER", "cyrus")
 QUOTA_COMMAND = str(CYRUS_BIN / "quota")
 ADMIN = "cyrus"
@@ -138,12 +145,20 @@ class Cyrus:
             f"mboxname_lockpath: {run / 'lock'}",
             "master_bind_errors_fatal: 1",
             f"syslog_prefix: ldapquota-test-{self.name}",
-            f"notifysocket: {self.notify_socket}",
         ]
-        if self.events:
-            # What examples/cyrus/imapd.conf adds (docs/maildir-and-mta-facts.md §9).
-            lines += ["event_notifier: ldapquota", "event_groups: message"]
+        # The lines examples/cyrus/imapd.conf adds, with this instance's socket.
+        for line in IMAPD_EXAMPLE.read_text().splitlines():
+            key = line.partition(":")[0].strip()
+            if not line.strip() or line.startswith("#") or (key.startswith("event_") and not self.events):
+                continue
+            lines.append(f"notifysocket: {self.notify_socket}" if key == "notifysocket" else line)
         return "\n".join(lines) + "\n"
+
+    def lmtpunix_line(self) -> str:
+        """examples/cyrus/cyrus.conf's LMTP service, with -C and this instance's socket."""
+        line = next(line for line in CYRUS_CONF_EXAMPLE.read_text().splitlines() if line.strip().startswith("lmtpunix"))
+        line = line.replace('cmd="lmtpd', f'cmd="lmtpd -C {self.imapd_conf}')
+        return re.sub(r'listen="[^"]*"', f'listen="{self.lmtp_socket}"', line)
 
     def _write_config(self) -> None:
         conf = self.imapd_conf
@@ -155,7 +170,7 @@ class Cyrus:
             "SERVICES {\n"
             f'  imap cmd="imapd -C {conf}" listen="127.0.0.1:{self.imap_port}" prefork=0\n'
             f'  lmtp cmd="lmtpd -a -C {conf}" listen="127.0.0.1:{self.lmtp_port}" prefork=0\n'
-            f'  lmtpunix cmd="lmtpd -C {conf}" listen="{self.lmtp_socket}" prefork=0\n'
+            f"  {self.lmtpunix_line().strip()}\n"
             "}\n"
         )
         for path in (self.imapd_conf, self.cyrus_conf):
