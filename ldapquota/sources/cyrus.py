@@ -27,7 +27,7 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ldapquota.cyrus_formats import (
     EventSettings,
@@ -69,6 +69,7 @@ class Source(UsageSource):
         #: Quotas read ahead (by polling or :meth:`prefetch`) and when, each used once.
         self.fresh: Dict[str, Tuple[float, Optional[RootQuota]]] = {}
         self.last_full_read = 0.0  # seconds the last whole report took
+        self._read_during_poll: Optional[Set[str]] = None  # roots read while a polling report runs
 
     @property
     def attributes(self) -> Sequence[str]:
@@ -162,6 +163,8 @@ class Source(UsageSource):
             report = self.run(["--", *roots])
         found = {root: report.get(root) for root in roots}
         self.seen.update(found)
+        if self._read_during_poll is not None:
+            self._read_during_poll.update(roots)
         return found
 
     def read_all(self) -> Dict[str, RootQuota]:
@@ -195,15 +198,28 @@ class Source(UsageSource):
 
     # ------------------------------------------------------------------ the daemon
 
+    def poll_started(self) -> None:
+        """A whole report is being read for the daemon's polling (in another thread)."""
+        self._read_during_poll = set()
+
+    def poll_failed(self) -> None:
+        self._read_during_poll = None
+
     def changed_since_seen(self, report: Dict[str, RootQuota]) -> List[str]:
         """Roots whose quota differs from what was last read (new and vanished roots too);
-        their new quotas wait in :attr:`fresh`, so measuring them costs no other run."""
-        changed = [root for root, quota in report.items() if self.seen.get(root) != quota]
-        vanished = [root for root, quota in self.seen.items() if quota is not None and root not in report]
+        their new quotas wait in :attr:`fresh`, so measuring them costs no other run. A
+        root read again while the report ran keeps that newer reading."""
+        newer = self._read_during_poll or set()
+        self._read_during_poll = None
+        changed = [root for root, quota in report.items() if root not in newer and self.seen.get(root) != quota]
+        vanished = [root for root, quota in self.seen.items()
+                    if quota is not None and root not in report and root not in newer]
         limit = time.monotonic() - FRESH_FOR
         self.fresh = {root: held for root, held in self.fresh.items() if held[0] >= limit}  # unused ones expire
         self._keep_fresh({root: report.get(root) for root in changed + vanished})
+        kept = {root: self.seen[root] for root in newer if root in self.seen}
         self.seen = dict(report)
+        self.seen.update(kept)
         return changed + vanished
 
     def forget_fresh(self, roots: Sequence[str]) -> None:

@@ -13,9 +13,11 @@ never wait for ldapquota. The thread only notes mailbox names; the loop maps the
 roots (the mailbox and those above it) and measures the accounts they belong to.
 
 Every ``daemon.poll_interval`` (or ten times as long as the report takes, if that is
-longer) the whole report is read in one run and every root that changed since it was last
-read is measured: what notifications missed (ldapquota was down, an admin changed a
-limit, a notification was lost) is caught there.
+longer) the whole report is read in one run, in a thread of its own (on a big store Cyrus
+takes seconds over it, and notifications keep being handled meanwhile), and every root
+that changed since it was last read is measured, from that same report: what
+notifications missed (ldapquota was down, an admin changed a limit, a notification was
+lost) is caught there.
 """
 
 import logging
@@ -23,9 +25,10 @@ import os
 import socket
 import stat
 import threading
-from typing import Optional, Set, Tuple
+import time
+from typing import Callable, Dict, Optional, Set, Tuple
 
-from ldapquota.cyrus_formats import governing_roots, notification_mailbox
+from ldapquota.cyrus_formats import RootQuota, governing_roots, notification_mailbox
 from ldapquota.errors import SourceUnavailable
 from ldapquota.sources.base import ChangeFeed, FeedChanges, Measurement
 from ldapquota.sources.cyrus import Source
@@ -50,8 +53,11 @@ class CyrusFeed(ChangeFeed):
         self.poll_interval = poll_interval
         self.followed: Set[str] = set()
         self._next_poll: Optional[float] = None
+        self._poll: Optional[ReportRun] = None
         self._poll_failed = False
         self._lost_socket = False
+        # Both threads (notifications, polling) wake the loop through this pipe.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.events: Optional[EventSocket] = self._listen()
 
     def _listen(self) -> "Optional[EventSocket]":
@@ -63,18 +69,26 @@ class CyrusFeed(ChangeFeed):
             log.warning("%s: %s; %s", self.source.settings.imapd_conf, settings.problem, without)
             return None
         try:
-            return EventSocket(settings.socket, settings.configdirectory)
+            return EventSocket(settings.socket, settings.configdirectory, self._wake)
         except (OSError, SocketTaken) as exc:
             log.warning("cannot receive Cyrus's event notifications at %s (notifysocket in %s): %s; %s",
                         settings.socket, self.source.settings.imapd_conf, exc, without)
             return None
 
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full: the loop has been woken already
+
     def fileno(self) -> Optional[int]:
-        return self.events.fileno() if self.events else None
+        return self._wake_r
 
     @property
     def next_poll_at(self) -> Optional[float]:
-        return self._next_poll if self.followed else None
+        if self._poll is not None or not self.followed:
+            return None  # the polling thread wakes the loop when it is done
+        return self._next_poll
 
     @property
     def description(self) -> str:
@@ -92,6 +106,11 @@ class CyrusFeed(ChangeFeed):
         return 0 if self.events else len(self.followed)
 
     def collect(self, now: float) -> FeedChanges:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
         changes = FeedChanges()
         if self.events is not None:
             mailboxes, changes.overflow = self.events.take()
@@ -99,28 +118,30 @@ class CyrusFeed(ChangeFeed):
                 roots = governing_roots(mailbox)
                 changes.keys.update(roots)
                 self.source.forget_fresh(roots)  # what was read ahead is older than this change
-        if self._next_poll is not None and now >= self._next_poll and self.followed:
-            changes.keys.update(self._poll(now))
+        if self._poll is not None and self._poll.done:
+            changes.keys.update(self._polled(now, self._poll))
+            self._poll = None
+        if self._poll is None and self._next_poll is not None and now >= self._next_poll and self.followed:
+            self.source.poll_started()
+            self._poll = ReportRun(self.source, self._wake)
         return changes
 
-    def _poll(self, now: float) -> Set[str]:
-        self._next_poll = now + self.poll_interval
-        try:
-            report = self.source.read_all()
-        except SourceUnavailable as exc:
+    def _polled(self, now: float, run: "ReportRun") -> Set[str]:
+        self._next_poll = now + max(self.poll_interval, POLL_SHARE * run.took)
+        if run.report is None:
+            self.source.poll_failed()
             if not self._poll_failed:
-                log.error("polling Cyrus: %s", exc)
+                log.error("polling Cyrus: %s", run.error)
             self._poll_failed = True
             return set()
         if self._poll_failed:
             log.info("Cyrus's quota report can be read again")
             self._poll_failed = False
-        self._next_poll = now + max(self.poll_interval, POLL_SHARE * self.source.last_full_read)
         if self.events is not None and not self.events.still_ours() and not self._lost_socket:
             self._lost_socket = True
             log.error("the notification socket %s was replaced by another program (Cyrus's notifyd?); "
                       "give ldapquota a notifysocket of its own. Following Cyrus by polling only", self.events.path)
-        return set(self.source.changed_since_seen(report))
+        return set(self.source.changed_since_seen(run.report))
 
     def follow(self, key: str, now: float, measurement: Optional[Measurement] = None) -> None:
         self.followed.add(key)
@@ -133,13 +154,41 @@ class CyrusFeed(ChangeFeed):
     def close(self) -> None:
         if self.events is not None:
             self.events.close()
-            self.events = None
+        if (self.events is None or not self.events.alive) and (self._poll is None or self._poll.done):
+            # No thread of ours can write to the pipe any more: close it (else leave it).
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        self.events = None
+
+
+class ReportRun:
+    """The whole report, read in a thread of its own so that the loop goes on handling
+    notifications while Cyrus walks its quota database (seconds, on a big store)."""
+
+    def __init__(self, source: Source, wake: Callable[[], None]):
+        self.report: Optional[Dict[str, RootQuota]] = None
+        self.error: Optional[SourceUnavailable] = None
+        self.took = 0.0
+        self.done = False
+        self._source = source
+        self._wake = wake
+        threading.Thread(target=self._run, name="cyrus-report", daemon=True).start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.report = self._source.read_all()
+        except SourceUnavailable as exc:
+            self.error = exc
+        self.took = time.monotonic() - started
+        self.done = True
+        self._wake()
 
 
 class EventSocket:
     """The datagram socket at Cyrus's ``notifysocket``, drained by a thread of its own."""
 
-    def __init__(self, path: str, configdirectory: Optional[str]):
+    def __init__(self, path: str, configdirectory: Optional[str], wake: Callable[[], None]):
         self.path = path
         self.sock = _bind(path, configdirectory)
         self.inode = os.stat(path).st_ino
@@ -148,13 +197,14 @@ class EventSocket:
         self._pending: Set[str] = set()
         self._overflow = False
         self._lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = wake
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._receive, name="cyrus-events", daemon=True)
         self._thread.start()
 
-    def fileno(self) -> int:
-        return self._wake_r
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _receive(self) -> None:
         while not self._stop.is_set():
@@ -173,18 +223,10 @@ class EventSocket:
                     self._overflow = True
                 else:
                     self._pending.add(mailbox)
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass  # the pipe is full: the loop has been woken already
+            self._wake()
 
     def take(self) -> Tuple[Set[str], bool]:
         """The mailboxes noted since the last call, and whether some were lost."""
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
         with self._lock:
             pending, self._pending = self._pending, set()
             overflow, self._overflow = self._overflow, False
@@ -205,9 +247,6 @@ class EventSocket:
             except OSError:
                 pass
         self.sock.close()
-        if not self._thread.is_alive():  # else it may still write to the pipe: leave it
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
 
 def _bind(path: str, configdirectory: Optional[str]) -> socket.socket:

@@ -99,12 +99,14 @@ class Cyrus:
     stop_timeout = 10.0
 
     def __init__(self, name: str = "cyrus", *, unixhierarchysep: bool = False, virtdomains: bool = False,
-                 events: bool = True) -> None:
+                 events: bool = True, options: Optional[Dict[str, str]] = None, base: Optional[Path] = None) -> None:
         self.name = name
+        self.options = dict(options or {})  # more imapd.conf lines (the benchmark's)
         self.unixhierarchysep = unixhierarchysep
         self.virtdomains = virtdomains
         self.events = events
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"ldapquota-{name}-"))
+        # base: where the work directory goes (the benchmark's /dev/shm: Cyrus fsyncs a lot)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"ldapquota-{name}-", dir=base))
         os.chmod(self.workdir, 0o755)
         entry = pwd.getpwnam(CYRUS_USER)
         for sub in ("conf", "part", "run"):
@@ -145,6 +147,7 @@ class Cyrus:
             f"mboxname_lockpath: {run / 'lock'}",
             "master_bind_errors_fatal: 1",
             f"syslog_prefix: ldapquota-test-{self.name}",
+            *(f"{key}: {value}" for key, value in self.options.items()),
         ]
         # The lines examples/cyrus/imapd.conf adds, with this instance's socket.
         for line in IMAPD_EXAMPLE.read_text().splitlines():
