@@ -206,8 +206,9 @@ class Service:
                 DaemonRefresh(self).run()
         now = self.clock()
         if self.recheck.is_due(now):
-            for key in self.table.over:
-                self.debouncer.touch(key, now, delay=0.0)
+            if not (self.feed is not None and self.feed.polls_everything):
+                for key in self.table.over:
+                    self.debouncer.touch(key, now, delay=0.0)
             self.recheck.done(now)
 
     def _wait(self) -> None:

@@ -88,6 +88,12 @@ class ChangeFeed(abc.ABC):
         """How changes are noticed, for the log (``inotify``, ``polling every 30s``)."""
 
     @property
+    def polls_everything(self) -> bool:
+        """Does the feed's own polling look at every mailbox (so the daemon's re-measuring
+        of over-quota mailboxes, ``daemon.over_recheck``, would add nothing)?"""
+        return False
+
+    @property
     def watched_count(self) -> int:
         return 0
 

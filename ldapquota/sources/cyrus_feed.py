@@ -98,6 +98,10 @@ class CyrusFeed(ChangeFeed):
         return f"Cyrus's event notifications on {self.events.path}, and {net}"
 
     @property
+    def polls_everything(self) -> bool:
+        return True  # every poll reads every root
+
+    @property
     def watched_count(self) -> int:
         return len(self.followed) if self.events else 0
 
