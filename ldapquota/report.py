@@ -176,12 +176,13 @@ def run_report(
         entries = directory.search_accounts(wanted_attributes(config.accounts, used.attributes))
         chosen = workers_for(config) if workers is None else workers
         keep = NearFull(config.policy.thresholds, everyone)
-        for batch in evaluate_all(config, entries, workers=chosen, now=now, source=used, keep=keep):
-            report.accounts += batch.accounts
-            report.over += batch.over
-            report.rows.extend(row_of(evaluation, config.accounts.address_attribute) for evaluation in batch.notable)
-            if progress:
-                progress(report.accounts)
+        with used.full_pass() as measuring:  # a source that reads everything at once does so once
+            for batch in evaluate_all(config, entries, workers=chosen, now=now, source=measuring, keep=keep):
+                report.accounts += batch.accounts
+                report.over += batch.over
+                report.rows.extend(row_of(evaluation, config.accounts.address_attribute) for evaluation in batch.notable)
+                if progress:
+                    progress(report.accounts)
     finally:
         if own:
             used.close()

@@ -3,6 +3,7 @@ slapd: mailboxes and quotas made over IMAP as the admin, mail delivered over LMT
 removed over IMAP as the user; what ldapquota wrote is read back with ldapsearch, what
 Cyrus counts with its own report (docs/contract.md §10)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def test_sync_reads_bytes_counts_and_limits_from_cyrus(ldap, cyrus, tmp_path):
 
 
 def test_a_full_sync_reads_the_report_once(ldap, cyrus, tmp_path):
-    """docs/contract.md §10: one pass, however many accounts (here more than a batch)."""
+    """docs/contract.md §10: one pass, however many accounts (here more than a batch);
+    --report too."""
     runs = tmp_path / "runs"
     counting = f"sh -c 'echo run >> {runs}; exec {QUOTA_COMMAND} \"$@\"' quota"
     many = [unique("many") for _ in range(600)]
@@ -134,6 +136,11 @@ def test_a_full_sync_reads_the_report_once(ldap, cyrus, tmp_path):
     assert summary(result)["accounts"] == 600
     assert flag(ldap, many[7]) == "TRUE"
     assert runs.read_text().splitlines() == ["run"]
+
+    report = run_cli(["-c", str(config), "--report", "--json"])
+    assert report.returncode == 1, report.stderr
+    assert json.loads(report.stdout)[0]["address"] == many[7]  # fullest first (the others: no root)
+    assert runs.read_text().splitlines() == ["run", "run"]
 
 
 @pytest.mark.parametrize("quota_command, why", [
