@@ -44,7 +44,7 @@ from ldapquota.settings import Config, DaemonConfig
 from ldapquota.sources.base import ChangeFeed, MailboxRequest, Measurement, Result, SaysOver, UsageSource
 
 #: Up to this many roots are named on the report's command line; more, and the whole
-#: report is read (Cyrus walks its quota database once per name given).
+#: report is read (for each name, Cyrus scans a directory of its quota database).
 NAMED_ROOTS = 100
 #: How much of a bad output or error message is quoted.
 EXCERPT = 200
