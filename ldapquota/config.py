@@ -28,6 +28,7 @@ from ldapquota.settings import (
     Config,
     CyrusConfig,
     DaemonConfig,
+    DovecotConfig,
     LdapConfig,
     LoggingConfig,
     MailboxesConfig,
@@ -53,6 +54,7 @@ _SECTIONS: Dict[str, type] = {
     "logging": LoggingConfig,
     "mta": MtaConfig,
     "cyrus": CyrusConfig,
+    "dovecot": DovecotConfig,
 }
 _FIELD_NAMES = {("ldap", "uri"): "uris", ("mta", "uri"): "uris"}
 
@@ -114,6 +116,14 @@ _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "quota_command": kinds.command,
         "imapd_conf": kinds.directory_path,
         "quota_root": kinds.name_template,
+        "timeout": parse_duration,
+    },
+    "dovecot": {
+        "doveadm": kinds.command,
+        "http_url": kinds.optional_http_url,
+        "http_key_file": kinds.optional_file_path,
+        "user": kinds.name_template,
+        "quota_root": kinds.optional_string,
         "timeout": parse_duration,
     },
 }
@@ -316,8 +326,7 @@ def _cross_checks(located: _Located, values: Dict[str, Dict[str, Any]]) -> None:
     template: PathTemplate = values["mailboxes"]["path"]
     if values["accounts"]["mailbox_attribute"] is None and not template.parts:
         raise located.error("mailboxes.path", "is empty")
-    if values["mailboxes"]["source"] == "maildir" and values["mailboxes"]["root"] is None:
-        raise located.error("mailboxes.root", "is required with mailboxes.source: maildir (where the maildirs are)")
+    _source_cross_checks(located, values)
 
 
 def _check_file(located: _Located, key: str, path: str, limit: int, must_exist: bool) -> None:
@@ -333,6 +342,19 @@ def _check_file(located: _Located, key: str, path: str, limit: int, must_exist: 
         check_regular(status, limit)
     except Refused as exc:
         raise located.error(key, f"{path} {exc}") from None
+
+
+def _source_cross_checks(located: _Located, values: Dict[str, Dict[str, Any]]) -> None:
+    """What a usage source needs (docs/contract.md §7, §10): the maildir source a root,
+    the doveadm HTTP API its key."""
+    source = values["mailboxes"]["source"]
+    if source == "maildir" and values["mailboxes"]["root"] is None:
+        raise located.error("mailboxes.root", "is required with mailboxes.source: maildir (where the maildirs are)")
+    dovecot = values["dovecot"]
+    if dovecot["http_url"] and not dovecot["http_key_file"]:
+        raise located.error("dovecot.http_url", "needs dovecot.http_key_file (the file holding Dovecot's doveadm_api_key)")
+    if dovecot["http_key_file"] and not dovecot["http_url"]:
+        raise located.error("dovecot.http_key_file", "given without dovecot.http_url")
 
 
 def load_config(path: str) -> Config:
@@ -357,6 +379,8 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     _cross_checks(located, values)
     fields = {section: _field_values(section, given) for section, given in values.items()}
     fields["ldap"]["bind_password"] = _read_secret(located, "ldap.bind_password_file", fields["ldap"]["bind_password_file"])
+    if values["mailboxes"]["source"] == "dovecot":  # the key is read only where it is used
+        fields["dovecot"]["http_key"] = _read_secret(located, "dovecot.http_key_file", fields["dovecot"]["http_key_file"])
     return Config(
         path=path,
         ldap=LdapConfig(**fields["ldap"]),
@@ -367,6 +391,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         logging=LoggingConfig(**fields["logging"]),
         mta=MtaConfig(**fields["mta"]),
         cyrus=CyrusConfig(**fields["cyrus"]),
+        dovecot=DovecotConfig(**fields["dovecot"]),
     )
 
 

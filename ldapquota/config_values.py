@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shlex
+import urllib.parse
 from typing import Any, Callable, Optional, Tuple
 
 from ldapquota import sources
@@ -160,6 +161,20 @@ def command(value: Any) -> Tuple[str, ...]:
     if not words:
         raise ValueError("the command is empty")
     return words
+
+
+def optional_http_url(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    text = string(value)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL such as http://127.0.0.1:8080/doveadm/v1")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has a bad port") from None
+    return text
 
 
 def name_template(value: Any) -> PathTemplate:

@@ -98,6 +98,12 @@ class SourceUnavailable(LdapQuotaError):
     exit_code = EX_UNAVAILABLE
 
 
+class SourceRefused(SourceUnavailable):
+    """The usage source refused our credentials (a wrong doveadm API key), docs/contract.md §10."""
+
+    exit_code = EX_NOPERM
+
+
 class SafetyRefusal(LdapQuotaError):
     """A safety rule (docs/contract.md §5) refused the run; nothing was written. ``--force`` overrides."""
 

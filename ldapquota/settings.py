@@ -60,6 +60,20 @@ class CyrusConfig:
 
 
 @dataclass(frozen=True)
+class DovecotConfig:
+    """``mailboxes.source: dovecot`` (docs/contract.md §10)."""
+
+    doveadm: Tuple[str, ...] = ("doveadm",)  # the command and its own options (-c FILE), no shell
+    http_url: Optional[str] = None  # the doveadm HTTP API instead of the local command
+    http_key_file: Optional[str] = None
+    # The doveadm_api_key itself: never printed, never in repr(). Read from http_key_file.
+    http_key: Optional[str] = field(default=None, repr=False)
+    user: PathTemplate = PathTemplate.parse("{address}")
+    quota_root: Optional[str] = None  # None: every quota root counts
+    timeout: float = 60.0  # one doveadm run or one HTTP request, then it counts as hung
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     over_percent: Percent = 100
     clear_percent: Percent = 100  # when the file does not say: equal to over_percent
@@ -113,6 +127,7 @@ class Config:
     logging: LoggingConfig
     mta: MtaConfig
     cyrus: CyrusConfig = CyrusConfig()
+    dovecot: DovecotConfig = DovecotConfig()
 
     @property
     def mta_uris(self) -> Tuple[str, ...]:

@@ -562,7 +562,7 @@ def test_the_annotated_example_shows_every_key_at_its_default(tmp_path):
     assert set(known_keys()) <= shown, f"{example} does not show {sorted(set(known_keys()) - shown)}"
     config = parse_config(text, str(example))
     defaults = parse_config(MINIMAL, PATH)
-    for section in ("accounts", "policy", "daemon", "logging", "mta", "cyrus"):
+    for section in ("accounts", "policy", "daemon", "logging", "mta", "cyrus", "dovecot"):
         assert getattr(config, section) == getattr(defaults, section), section
     assert dataclasses.replace(config.mailboxes, root=defaults.mailboxes.root) == defaults.mailboxes
 

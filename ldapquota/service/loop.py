@@ -271,11 +271,13 @@ class Service:
             source.reopen()  # what it held open may be the directory under the mount
         done = 0
         try:
-            records = [self.table.get(key) for key in due]
-            source.prefetch([record.mailbox for record in records if record is not None and record.mailbox is not None])
-            for key in due:
-                self._evaluate(key)
-                done += 1
+            # Measuring writes nothing: a SIGTERM may cut it short (a hung doveadm, say).
+            with self.stop.abandonable():
+                records = [self.table.get(key) for key in due]
+                source.prefetch([record.mailbox for record in records if record is not None and record.mailbox is not None])
+                for key in due:
+                    self._evaluate(key)
+                    done += 1
         except SourceUnavailable as exc:  # the source's command failed or hung (docs/contract.md §10)
             self._source_down(exc, due[done:], now)
 

@@ -19,6 +19,7 @@ __all__ = ["REGISTRY", "ChangeFeed", "FeedChanges", "Measurement", "UsageSource"
 REGISTRY: Dict[str, str] = {
     "maildir": "ldapquota.sources.maildir",
     "cyrus": "ldapquota.sources.cyrus",
+    "dovecot": "ldapquota.sources.dovecot",
 }
 
 
