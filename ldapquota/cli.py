@@ -19,7 +19,7 @@ from ldapquota.config import default_config_path, load_config
 from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, ConfigError, LdapQuotaError, SafetyRefusal, SyncBusy
 from ldapquota.flagstore import open_store
 from ldapquota.settings import Config
-from ldapquota.sync import Change, SyncReport, run_sync
+from ldapquota.sync import Change, SyncReport, run_sync, run_sync_addresses
 from ldapquota.synclock import FullSyncLock
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", metavar="FILE", help=f"config file (default: $LDAPQUOTA_CONFIG or {default_config_path({})})")
     modes = parser.add_mutually_exclusive_group()
-    modes.add_argument("--sync", action="store_true", help="one full pass, then exit")
+    modes.add_argument("--sync", action="store_true", help="one full pass, then exit; with addresses, only those accounts")
     modes.add_argument("--report", action="store_true", help="measure, write nothing; list who is over or near the limit, fullest first")
     modes.add_argument("--check-config", action="store_true", help="validate the config, reach LDAP, check schema and rights")
     modes.add_argument("--show", metavar="ADDRESS", help="one account: limit, usage, flag, decision and why")
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more detail (debug)")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary line")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("addresses", nargs="*", metavar="ADDRESS",
+                        help="with --sync: only these accounts (what mail-server hooks call); put -- before "
+                             "addresses that start with -")
     return parser
 
 
@@ -64,6 +67,8 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--dry-run and --force go with --sync")
     if (args.json or args.all) and not args.report:
         parser.error("--json and --all go with --report")
+    if args.addresses and not args.sync:
+        parser.error("addresses go with --sync (--sync ADDRESS ...); --show takes one ADDRESS of its own")
     if args.mode != "defer" and not args.exim_config:
         parser.error("--mode goes with --exim-config")
     if args.foreground and (args.sync or args.report or args.check_config or args.show or args.exim_config):
@@ -123,19 +128,25 @@ def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
     progress = TerminalProgress(sys.stderr) if not args.quiet and sys.stderr.isatty() else None
     prefix = "dry run: " if args.dry_run else ""
     directory = open_store(config)
+    on_change = _print_would_change if args.dry_run else None
     # docs/contract.md §5: a second full sync of the store gives up here (exit 75), before
-    # it reads anything. A dry run writes nothing and needs no lock.
-    lock: ContextManager[object] = nullcontext() if args.dry_run else FullSyncLock(config)
+    # it reads anything. A dry run writes nothing and needs no lock; --sync ADDRESS never
+    # takes it (a full sync must never hold up a hook, §5, §6).
+    lock: ContextManager[object] = nullcontext() if args.dry_run or args.addresses else FullSyncLock(config)
     try:
         with lock, directory.connect():
-            report = run_sync(
-                config,
-                directory,
-                dry_run=args.dry_run,
-                force=args.force,
-                progress=progress.update if progress else None,
-                on_change=_print_would_change if args.dry_run else None,
-            )
+            if args.addresses:  # docs/contract.md §6: only these accounts
+                report = run_sync_addresses(config, directory, args.addresses, dry_run=args.dry_run,
+                                            force=args.force, on_change=on_change)
+            else:
+                report = run_sync(
+                    config,
+                    directory,
+                    dry_run=args.dry_run,
+                    force=args.force,
+                    progress=progress.update if progress else None,
+                    on_change=on_change,
+                )
     except SyncBusy as busy:  # measured nothing: no summary line, as for an empty mail root
         print(f"ldapquota: refused: {busy}", file=sys.stderr)
         return busy.exit_code

@@ -9,12 +9,13 @@ in memory, not the accounts, so memory does not grow with the directory.
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ldapquota.accounts import wanted_attributes
+from ldapquota.entry import AccountEntry
 from ldapquota.errors import EntryWriteError, LdapQuotaError, SafetyRefusal
 from ldapquota.errors import WriteSuperseded as WriteSuperseded  # its old home: still importable from here
-from ldapquota.evaluation import Evaluation
+from ldapquota.evaluation import Evaluation, Evaluator
 from ldapquota.flagstore import FlagStore
 from ldapquota.parallel import default_workers, evaluate_all
 from ldapquota.quota import QuotaState
@@ -138,8 +139,56 @@ def run_sync(
         own.close()
 
 
-def _run_sync(config: Config, directory: FlagStore, source: UsageSource, options: SyncOptions) -> SyncReport:
-    report = SyncReport()
+def run_sync_addresses(
+    config: Config,
+    directory: FlagStore,
+    addresses: Sequence[str],
+    *,
+    source: Optional[UsageSource] = None,
+    dry_run: bool = False,
+    force: bool = False,
+    on_change: Optional[Callable[[Change], None]] = None,
+    now: Callable[[], float] = time.time,
+) -> SyncReport:
+    """``--sync ADDRESS ...`` (docs/contract.md §6): only these accounts, measured and
+    decided as a full sync would, and their changes written: one search per address, one
+    measuring batch for all, one modify per change. What mail-server hooks call, so:
+    policy.max_changes does not apply, quotaSyncTime is not written (the sync is not
+    complete) and no full-sync lock is taken. An address that finds no account, or
+    several, is an error for that address."""
+    options = SyncOptions(dry_run, force, None, on_change, now, 0)
+    own = source is None
+    source = open_source(config) if source is None else source
+    try:
+        report = SyncReport()
+        _check_ready(source, options)
+        evaluator = Evaluator(config, source, now=now)
+        entries: Dict[str, AccountEntry] = {}
+        for address in dict.fromkeys(addresses):  # each address searched once
+            found = directory.find_accounts(address, evaluator.attributes)
+            if len(found) == 1:
+                entries.setdefault(found[0].dn.lower(), found[0])
+                continue
+            report.errors += 1
+            shown = address if address.isprintable() else repr(address)
+            what = "no account" if not found else f"{len(found)} accounts"
+            log.error("%s: %s with %s=%s under %s matching %s", shown, what, config.accounts.address_attribute, shown,
+                      config.ldap.base_dn, config.ldap.filter)
+        for evaluation in evaluator.evaluate_many(list(entries.values())):
+            report.accounts += 1
+            report.over += evaluation.new.over
+            _record(report, evaluation)
+        _write(directory, options, report)
+        if dry_run:
+            _count_planned(report)
+        report.finish()
+        return report
+    finally:
+        if own:
+            source.close()
+
+
+def _check_ready(source: UsageSource, options: SyncOptions) -> None:
     if options.force:
         try:
             source.check_ready()
@@ -147,6 +196,11 @@ def _run_sync(config: Config, directory: FlagStore, source: UsageSource, options
             log.warning("%s (--force given: going on)", exc)
     else:
         source.check_ready()
+
+
+def _run_sync(config: Config, directory: FlagStore, source: UsageSource, options: SyncOptions) -> SyncReport:
+    report = SyncReport()
+    _check_ready(source, options)
     try:
         _measure(config, directory, source, options, report)
     except LdapQuotaError as exc:
