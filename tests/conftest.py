@@ -211,3 +211,42 @@ def cyrus_factory(pytestconfig: pytest.Config) -> Iterator[Callable[..., Cyrus]]
 def cyrus(cyrus_factory: Callable[..., Cyrus]) -> Cyrus:
     """The shared Cyrus: roots spelt user.NAME, event notifications on."""
     return cyrus_factory("cyrus")
+
+
+# --------------------------------------------------------------------------- Dovecot
+# tests/servers/dovecot.py: a private Dovecot (LMTP on a unix socket, LDAP userdb against
+# the shared slapd, examples/dovecot/ as shipped). Needs root and dovecot-ldap/-lmtpd.
+
+from servers.dovecot import Dovecot, dovecot_available  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dovecot_factory(slapd_server: Slapd, pytestconfig: pytest.Config) -> Iterator[Callable[..., Dovecot]]:
+    """``make(mail_format="maildir", backend="count", http=False) -> Dovecot``: one started
+    Dovecot per combination for the whole session (a start costs about half a second)."""
+    started: dict[tuple[str, str, bool], Dovecot] = {}
+
+    def make(mail_format: str = "maildir", backend: str = "count", http: bool = False) -> Dovecot:
+        usable, why = dovecot_available()
+        requires(usable, why or "dovecot")
+        key = (mail_format, backend, http)
+        if key not in started:
+            slapd_server.ensure_running()
+            started[key] = Dovecot(slapd_server, mail_format=mail_format, backend=backend, http=http,
+                                   name=f"dovecot-{mail_format}-{backend}").start()
+        return started[key]
+
+    yield make
+    for server in started.values():
+        server.stop()
+        if pytestconfig.stash.get(_FAILED, False):
+            pytestconfig.stash.setdefault(_KEPT, []).append(f"{server.workdir}  (log: {server.log_file})")
+        else:
+            server.cleanup()
+
+
+@pytest.fixture
+def dovecot(dovecot_factory: Callable[..., Dovecot], ldap: Slapd) -> Dovecot:
+    """The session's main Dovecot (maildir store, count backend, doveadm HTTP API on),
+    with an empty ou=people in the slapd (``ldap``)."""
+    return dovecot_factory(http=True)

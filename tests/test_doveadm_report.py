@@ -68,13 +68,6 @@ def test_errors_on_stderr_beat_rows_that_look_fine():
     assert isinstance(outcome, str) and "Permission denied" in outcome
 
 
-def test_the_empty_over_script_line_is_not_a_measuring_error():
-    rows = '[{"username":"u","root":"R","type":"STORAGE","value":"5","limit":"1","percent":"500"}]'
-    stderr = ("doveadm(u)<8676><dOQtHKLDFGvkIQAAg+zDdQ>: Error: program unix:/run/dovecot/TRUE: "
-              "net_connect_unix(/run/dovecot/TRUE) failed: No such file or directory\n")
-    assert local_outcomes(rows, stderr, 0, ["u"])["u"] == [RootQuota("R", Usage(5 * KIB, 0), Limit(bytes=KIB))]
-
-
 @pytest.mark.parametrize(
     "stdout, code",
     [("", 75), ("", 134), ("[]", 75), ("[]", 89)],

@@ -34,10 +34,6 @@ EXCERPT = 200
 _NUMBER = re.compile(r"^[0-9]{1,20}$")
 _LEVEL = re.compile(r"^(?:<[^>]*>)*: (Error|Fatal|Panic): (.*)$")
 _BARE_LEVEL = re.compile(r"^(?:[^:]{0,80}: )?(Error|Fatal|Panic): (.*)$")
-#: With ``-o plugin/quota_over_script=`` (our guard against the hook starting itself again,
-#: facts §8) a flag that disagrees makes doveadm try to run an empty script and say so.
-#: That is about the flag we are about to fix, not about measuring.
-_BENIGN = re.compile(r"^program unix:")
 
 
 class ReportError(ValueError):
@@ -145,7 +141,7 @@ def errors_by_user(stderr: str, users: Sequence[str]) -> Tuple[Dict[str, List[st
     other: List[str] = []
     for line in stderr.splitlines():
         owner, level = _attribute(line, wanted)
-        if level is None or _BENIGN.match(level.group(2)):
+        if level is None:
             continue
         message = f"{level.group(1)}: {level.group(2)}"
         if owner is None:

@@ -173,9 +173,11 @@ class DoveadmClient:
 class LocalDoveadm(DoveadmClient):
     """``doveadm -f json quota get -F -`` with the users on stdin.
 
-    ``-o plugin/quota_over_script=`` keeps doveadm itself from running the over-flag
-    hook: the hook calls us, and a doveadm that started the hook again while the flag
-    in LDAP is still wrong would loop (docs/maildir-and-mta-facts.md §8)."""
+    doveadm checks the over flag too, and runs ``quota_over_script`` when it is wrong: a
+    hook that calls us would start itself again. examples/dovecot/90-ldapquota.conf
+    therefore sets that script for mail protocols only. (Emptying it with ``-o
+    plugin/quota_over_script=`` is no way out: Dovecot 2.3.19's doveadm then crashes
+    for an over-quota user without the flag; docs/maildir-and-mta-facts.md §8.)"""
 
     def __init__(self, settings: DovecotConfig):
         super().__init__(settings)
@@ -190,7 +192,10 @@ class LocalDoveadm(DoveadmClient):
         return f"{shutil.which(self.command[0]) or self.command[0]} can be run"
 
     def ask(self, users: Sequence[str]) -> Dict[str, Outcome]:
-        argv = [*self.command, "-f", "json", "-o", "plugin/quota_over_script=", "quota", "get", "-F", "-"]
+        # An absolute argv[0]: doveadm finds itself through PATH otherwise, and Dovecot's
+        # script service (the hook) runs us without any PATH.
+        program = shutil.which(self.command[0]) or self.command[0]
+        argv = [program, *self.command[1:], "-f", "json", "quota", "get", "-F", "-"]
         try:
             done = subprocess.run(argv, input="".join(user + "\n" for user in users).encode(), capture_output=True,
                                   timeout=self.timeout, check=False)
@@ -226,13 +231,20 @@ class HttpDoveadm(DoveadmClient):
         commands: List[List[object]] = []
         quota_tags: Dict[str, str] = {}
         probe_tags: Dict[str, str] = {}
+        refused: Dict[str, Outcome] = {}
         for number, user in enumerate(users):
+            if "*" in user or "?" in user:
+                # The API reads them as wildcards and would list (other) users.
+                refused[user] = "the doveadm HTTP API takes * and ? in a user name as wildcards; use the local doveadm"
+                continue
             quota_tags[f"q{number}"] = user
             probe_tags[f"s{number}"] = user
             commands.append(["quotaGet", {"user": user}, f"q{number}"])
             commands.append(["mailboxStatus", {"user": user, "field": ["messages"], "mailboxMask": ["INBOX"]}, f"s{number}"])
+        if not commands:
+            return refused
         body = self._post(json.dumps(commands).encode())
-        return http_outcomes(body, quota_tags, probe_tags)
+        return {**http_outcomes(body, quota_tags, probe_tags), **refused}
 
     def check(self) -> None:
         """One cheap request (the list of commands): a wrong key or a dead API shows here,
