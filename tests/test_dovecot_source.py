@@ -204,13 +204,15 @@ def test_an_api_nobody_listens_on_is_the_source_unavailable(tmp_path):
 # --------------------------------------------------------------------------- the daemon's polling
 
 
-def test_polling_never_asks_more_than_the_rate_allows():
-    feed = DovecotPolling(interval=30.0)
+def test_polling_never_asks_more_than_the_rate_allows_and_in_big_slices():
+    feed = open_source(config()).feed(config().daemon)
+    assert isinstance(feed, DovecotPolling) and feed.step == 25.0
     for number in range(10_000):
         feed.follow(f"u{number}", now=0.0)
     assert feed.interval == 10_000 / POLL_RATE
-    slice_keys = feed.collect(now=1.0).keys
-    assert len(slice_keys) == POLL_RATE
+    assert feed.collect(now=1.0).keys == set()  # the first slice is due one step after the first follow
+    slice_keys = feed.collect(now=25.0).keys
+    assert len(slice_keys) == 25 * POLL_RATE == 500  # one doveadm batch every 25 s
     for number in range(9_990):
         feed.unfollow(f"u{number}")
     assert feed.interval == 30.0  # a few users: every poll_interval, as configured

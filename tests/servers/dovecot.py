@@ -112,11 +112,12 @@ class Dovecot:
     stop_timeout = 10.0
 
     def __init__(self, slapd: Slapd, *, mail_format: str = "maildir", backend: str = "count", http: bool = False,
-                 name: str = "dovecot") -> None:
+                 name: str = "dovecot", parent: str = "/tmp") -> None:
         self.slapd = slapd
         self.mail_format = mail_format
         self.backend = backend
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"lq-{name}-", dir="/tmp"))
+        # Not under pytest's 0700 tree: Dovecot's processes and the mail user enter it.
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"lq-{name}-", dir=parent))
         self.workdir.chmod(0o755)  # Dovecot's processes and the mail user read parts of it
         self.run_dir = self.workdir / "run"
         self.mail_root = self.workdir / "vmail"
@@ -286,24 +287,26 @@ class Dovecot:
                 return exc.smtp_code
         return refused[address][0] if address in refused else 250
 
-    def doveadm(self, *args: str, check: bool = True, user: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+    def doveadm(self, *args: str, check: bool = True, user: Optional[str] = None,
+                stdin: str = "") -> subprocess.CompletedProcess[str]:
         argv = ["doveadm", "-c", str(self.conf), *args]
         if user is not None:
             argv = ["runuser", "-u", user, "--", *argv]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, input=stdin)
         if check and done.returncode != 0:
             raise DovecotError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}{done.stderr}\n{self.logs()}")
         return done
 
     def expunge(self, address: str, *query: str) -> None:
-        self.doveadm("expunge", "-u", address, "mailbox", "INBOX", *(query or ("all",)))
+        # -F -: the name taken literally (-u reads * and ? as wildcards)
+        self.doveadm("expunge", "-F", "-", "mailbox", "INBOX", *(query or ("all",)), stdin=address + "\n")
 
     def quota(self, address: str) -> Dict[str, Tuple[int, Optional[int]]]:
         """doveadm's own answer: {"STORAGE": (KiB, limit KiB), "MESSAGE": (n, limit)}."""
-        out = self.doveadm("-f", "tab", "-h", "quota", "get", "-u", address).stdout
+        out = self.doveadm("-f", "tab", "-h", "quota", "get", "-F", "-", stdin=address + "\n").stdout
         report: Dict[str, Tuple[int, Optional[int]]] = {}
         for line in out.splitlines():
-            _root, kind, value, limit, _percent = line.split("\t")
+            _user, _root, kind, value, limit, _percent = line.split("\t")
             report[kind] = (int(value), None if limit == "-" else int(limit))
         return report
 
