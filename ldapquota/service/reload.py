@@ -36,8 +36,9 @@ def reload_config(service: "Service") -> None:
     now = service.clock()
     if new.ldap != old.ldap:
         service.link.reset(service.new_store)
-    measuring = (new.ldap, new.accounts, new.mailboxes, new.policy, new.cyrus)
-    if measuring != (old.ldap, old.accounts, old.mailboxes, old.policy, old.cyrus):
+    # The sources' own settings (cyrus:, dovecot:) decide measurements too.
+    measuring = (new.ldap, new.accounts, new.mailboxes, new.policy, new.cyrus, new.dovecot)
+    if measuring != (old.ldap, old.accounts, old.mailboxes, old.policy, old.cyrus, old.dovecot):
         service.evaluator.close()
         service.evaluator = service.new_evaluator(new)
         service.table.layout = make_layout(service.evaluator.attributes)
