@@ -117,3 +117,19 @@ def test_an_address_that_looks_like_an_option_goes_after_double_dash(ldap, mail_
 def test_addresses_without_sync_are_a_usage_error(config_file):
     result = run_cli(["-c", config_file(), "a@example.org"])
     assert result.returncode == 64 and "addresses go with --sync" in result.stderr
+
+
+def test_a_running_full_sync_never_holds_up_named_accounts(ldap, mail_root, config_file, tmp_path):
+    """The full-sync lock (docs/contract.md §5) makes a second full sync give up; a hook's
+    --sync ADDRESS goes on regardless."""
+    from ldapquota.config import load_config
+    from ldapquota.synclock import FullSyncLock
+
+    ldap.add_account("a@example.org", quota="1000")
+    over(mail_root, "a@example.org")
+    path = config_file(daemon={"pidfile": str(tmp_path / "ldapquota.pid")})
+    with FullSyncLock(load_config(path)):
+        assert run_cli(["-c", path, "--sync"]).returncode == 75
+        result = run_cli(["-c", path, "--sync", "a@example.org"])
+    assert result.returncode == 0, result.stderr
+    assert flag(ldap, "a@example.org") == "TRUE"
