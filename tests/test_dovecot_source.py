@@ -216,3 +216,27 @@ def test_polling_never_asks_more_than_the_rate_allows_and_in_big_slices():
     for number in range(9_990):
         feed.unfollow(f"u{number}")
     assert feed.interval == 30.0  # a few users: every poll_interval, as configured
+
+
+def test_the_daemons_prefetch_asks_once_for_all_due_users(tmp_path, monkeypatch):
+    """The loop measures due accounts one by one after prefetch(): one doveadm run for all,
+    and an answer stands in only for a moment."""
+    import ldapquota.sources.dovecot as dovecot_module
+
+    runs = tmp_path / "runs"
+    body = (f"echo run >> {runs}; "
+            "while read -r user; do printf '%s\\n' \"$user\"; done | "
+            "awk 'BEGIN{printf \"[\"} {if (NR>1) printf \",\"; "
+            "printf \"{\\\"username\\\":\\\"%s\\\",\\\"root\\\":\\\"R\\\",\\\"type\\\":\\\"STORAGE\\\",\\\"value\\\":\\\"1\\\",\\\"limit\\\":\\\"-\\\"}\", $0} "
+            "END{printf \"]\"}'")
+    source = source_with(tmp_path, body)
+    source.prefetch(["a@x", "b@x", "a@x"])
+    results = [source.measure(MailboxRequest(user, None), says_over, 0.0) for user in ("a@x", "b@x")]
+    assert [r.usage for r in results] == [Usage(1024, 0), Usage(1024, 0)]
+    assert runs.read_text().count("run") == 1
+    source.measure(MailboxRequest("a@x", None), says_over, 0.0)  # taken already: asked again
+    assert runs.read_text().count("run") == 2
+    source.prefetch(["c@x"])
+    monkeypatch.setattr(dovecot_module, "PREFETCH_FRESH", -1.0)  # stale at once
+    source.measure(MailboxRequest("c@x", None), says_over, 0.0)
+    assert runs.read_text().count("run") == 4
