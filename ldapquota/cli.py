@@ -13,7 +13,7 @@ import time
 from contextlib import nullcontext
 from typing import ContextManager, NoReturn, Optional, Sequence, TextIO
 
-from ldapquota import __version__
+from ldapquota import __version__, metrics
 from ldapquota import log as logsetup
 from ldapquota.config import default_config_path, load_config
 from ldapquota.errors import EX_OK, EX_PARTIAL, EX_SOFTWARE, EX_USAGE, ConfigError, LdapQuotaError, SafetyRefusal, SyncBusy
@@ -127,6 +127,8 @@ def _configure_logging(config: Config, verbosity: int) -> None:
 def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
     progress = TerminalProgress(sys.stderr) if not args.quiet and sys.stderr.isatty() else None
     prefix = "dry run: " if args.dry_run else ""
+    # docs/contract.md §12: the text file after each full sync (not a dry run, not --sync ADDRESS).
+    textfile = metrics.SyncTextfile(None if args.dry_run or args.addresses else config.metrics.textfile)
     directory = open_store(config)
     on_change = _print_would_change if args.dry_run else None
     # docs/contract.md §5: a second full sync of the store gives up here (exit 75), before
@@ -151,6 +153,7 @@ def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
         print(f"ldapquota: refused: {busy}", file=sys.stderr)
         return busy.exit_code
     except LdapQuotaError as failure:
+        textfile.ended(failure)
         measured: Optional[SyncReport] = getattr(failure, "report", None)
         if measured is not None:  # ended after measuring: say what was found (and done)
             outcome = "refused" if isinstance(failure, SafetyRefusal) else "failed"
@@ -159,6 +162,7 @@ def _sync(config: Config, args: argparse.Namespace, verbosity: int) -> int:
     finally:
         if progress:
             progress.finish()
+    textfile.passed(report)
     print(f"ldapquota: {prefix}{report.summary()}")
     return EX_PARTIAL if report.errors else EX_OK
 

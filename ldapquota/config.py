@@ -32,6 +32,7 @@ from ldapquota.settings import (
     LdapConfig,
     LoggingConfig,
     MailboxesConfig,
+    MetricsConfig,
     MtaConfig,
     PolicyConfig,
 )
@@ -55,6 +56,7 @@ _SECTIONS: Dict[str, type] = {
     "mta": MtaConfig,
     "cyrus": CyrusConfig,
     "dovecot": DovecotConfig,
+    "metrics": MetricsConfig,
 }
 _FIELD_NAMES = {("ldap", "uri"): "uris", ("mta", "uri"): "uris"}
 
@@ -125,6 +127,10 @@ _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "user": kinds.name_template,
         "quota_root": kinds.optional_string,
         "timeout": parse_duration,
+    },
+    "metrics": {
+        "textfile": kinds.optional_absolute_path,
+        "listen": kinds.optional_listen_address,
     },
 }
 
@@ -392,6 +398,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         mta=MtaConfig(**fields["mta"]),
         cyrus=CyrusConfig(**fields["cyrus"]),
         dovecot=DovecotConfig(**fields["dovecot"]),
+        metrics=MetricsConfig(**fields["metrics"]),
     )
 
 

@@ -141,6 +141,28 @@ def directory_path(value: Any) -> str:
     return os.path.normpath(text)
 
 
+def optional_absolute_path(value: Any) -> Optional[str]:
+    return None if value is None else directory_path(value)
+
+
+def optional_listen_address(value: Any) -> Optional[str]:
+    """``host:port`` (``[::1]:9100`` for IPv6) for metrics.listen; checked here for form,
+    bound at start-up (docs/contract.md §12)."""
+    if value is None:
+        return None
+    text = string(value)
+    split_listen_address(text)
+    return text
+
+
+def split_listen_address(text: str) -> Tuple[str, int]:
+    """``host:port`` → (host, port). Raises ValueError."""
+    match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]/]+)):(\d{1,5})$", text)
+    if not match or not 0 < int(match.group(3)) < 65536:
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:9799 or [::1]:9799)")
+    return match.group(1) or match.group(2), int(match.group(3))
+
+
 def template(value: Any) -> PathTemplate:
     text = string(value)
     if os.path.isabs(text):

@@ -9,10 +9,20 @@ from typing import Optional
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 SYSLOG_FORMAT = "ldapquota[%(process)d]: %(levelname)s %(message)s"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+#: Set by a daemon about to detach: its stderr will be /dev/null (docs/contract.md §12).
+_stderr_gone = False
+
+
+def without_stderr() -> None:
+    """From now on ``logging.target: stderr`` means syslog (also on a reload)."""
+    global _stderr_gone
+    _stderr_gone = True
 
 
 def make_handler(target: str) -> logging.Handler:
     """A handler for ``logging.target``. Raises OSError if a log file cannot be opened."""
+    if target == "stderr" and _stderr_gone:
+        target = "syslog"
     if target == "stderr":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         # Under systemd the journal adds its own time stamp.

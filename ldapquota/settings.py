@@ -117,6 +117,13 @@ class MtaConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # docs/contract.md §12: Prometheus text format, rewritten atomically after each full sync.
+    textfile: Optional[str] = None
+    listen: Optional[str] = None  # host:port where the daemon serves GET /metrics
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ldap: LdapConfig
@@ -128,6 +135,7 @@ class Config:
     mta: MtaConfig
     cyrus: CyrusConfig = CyrusConfig()
     dovecot: DovecotConfig = DovecotConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def mta_uris(self) -> Tuple[str, ...]:

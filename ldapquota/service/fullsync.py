@@ -173,11 +173,13 @@ class DaemonFullSync:
                                   workers=config.mailboxes.workers or 0)
         except SafetyRefusal as exc:
             asked = full_sync.due_at
+            service.health.sync_refused()
             self._refused(exc, tee.complete, tee.accounts)
         except (DirectoryUnavailable, PermissionDenied, SchemaMissing, SourceUnavailable) as exc:
             # SourceUnavailable: the usage source cannot be asked (docs/contract.md §10):
             # nothing was written; tried again with the same backoff.
             asked = full_sync.due_at
+            service.health.sync_failed(exc)
             self._failed(exc)
         else:
             asked = full_sync.due_at
@@ -192,6 +194,8 @@ class DaemonFullSync:
             service.ready = True
             log.info("ready: %d accounts, %d mailboxes followed with notifications, %d polled",
                      len(service.table), service.feed.watched_count, service.feed.polled_count)
+            service.health.first_pass_done()  # systemd: READY=1
+        service.health.sync_ended()
 
     def _failed(self, exc: Exception) -> None:
         """Each try reads the whole directory: the next one backs off, even when the store
@@ -248,6 +252,7 @@ class DaemonFullSync:
         if sync_time_written:
             self._learn_server_clock()
         service.listing.schedule(now)
+        service.health.sync_passed(report)
         log.info("full sync: %s", report.summary())
 
     def _learn_server_clock(self) -> None:

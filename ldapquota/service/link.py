@@ -25,6 +25,7 @@ class ReconnectingStore:
         #: a reconnection a new configuration asked for): the directory may have changed
         #: in any way meanwhile (docs/contract.md §5, "Daemon cache").
         self.recoveries = 0
+        self.outages = 0  # times LDAP became unreachable (metrics)
         self._last_error: Optional[str] = None
 
     @property
@@ -68,6 +69,7 @@ class ReconnectingStore:
         message = str(exc)
         if self.down_since is None:
             self.down_since = now
+            self.outages += 1
             log.error("LDAP unavailable: %s; %d change(s) pending, retrying in %.1fs (backing off up to %gs)",
                       message, pending, delay, self.backoff.maximum)
         elif message != self._last_error:

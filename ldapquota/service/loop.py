@@ -33,10 +33,12 @@ from ldapquota.entry import STATE_ATTRIBUTES, AccountEntry
 from ldapquota.errors import AccountError, DirectoryUnavailable, PermissionDenied, SafetyRefusal, SourceUnavailable
 from ldapquota.evaluation import Evaluator
 from ldapquota.flagstore import FlagStore, open_store
+from ldapquota.metrics import MetricsServer
 from ldapquota.quota import QuotaState
 from ldapquota.schedule import Backoff, Debouncer, Periodic
 from ldapquota.service.control import Stopping, StopSwitch
 from ldapquota.service.fullsync import REFUSED_RETRY, DaemonFullSync, SyncHooks
+from ldapquota.service.health import Health
 from ldapquota.service.link import ReconnectingStore
 from ldapquota.service.pending import PendingWrites
 from ldapquota.service.refresher import DaemonRefresh, ListingPace, RefreshWindow
@@ -68,7 +70,8 @@ class Service:
     def __init__(self, config: Config, *, config_path: str, verbosity: int = 0,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  source_factory: Callable[[Config], UsageSource] = open_source,
-                 store_factory: Optional[Callable[[Config], FlagStore]] = None):
+                 store_factory: Optional[Callable[[Config], FlagStore]] = None,
+                 metrics_server: Optional[MetricsServer] = None):
         """``source_factory`` and ``store_factory`` make the usage source and the store
         connections from a configuration (the configured ones unless given: tests give fakes)."""
         self.config_path = config_path
@@ -83,6 +86,7 @@ class Service:
         self.feed: Optional[ChangeFeed] = None
         self.ready = False
         self._apply(config, first=True)
+        self.health = Health(self, metrics_server)  # systemd and metrics (docs/contract.md §12)
 
     def _apply(self, config: Config, *, first: bool = False) -> None:
         """Take ``config`` (at start and on a reload that changed what measuring reads)."""
@@ -151,10 +155,12 @@ class Service:
             while not self.stop.requested:
                 self.step()
                 if not self.stop.requested:
+                    self.health.turned()  # systemd's watchdog: only from here and background_tick()
                     self._wait()
         except Stopping:
             pass
         finally:
+            self.health.stopping()  # systemd: STOPPING=1
             self.close()
         left = len(self.pending)
         log.info("stopped%s", f"; {left} pending change(s) left for the next full sync" if left else "")
@@ -171,6 +177,7 @@ class Service:
             os.getpid(), self.config_path, self.config.mailboxes.source, daemon.interval, daemon.account_refresh,
             daemon.over_recheck, self.feed.description,
         )
+        self.health.started()
 
     def close(self) -> None:
         """Release the store connection, the feed, the source and the wake-up pipe (once)."""
@@ -214,7 +221,7 @@ class Service:
     def _wait(self) -> None:
         assert self.feed is not None
         now = self.clock()
-        deadlines = [now + MAX_SLEEP, self.recheck.due_at]
+        deadlines = [now + MAX_SLEEP, self.recheck.due_at, self.health.wake_at()]
         due = self.debouncer.next_due()
         if due is not None:
             deadlines.append(due)
@@ -253,6 +260,7 @@ class Service:
         for mailbox in changes.keys:
             for key in self.table.keys_for(mailbox):
                 self.debouncer.notice(key, now)
+                self.health.noticed(key, now)
 
     def _measure_due(self, now: float) -> None:
         due = self.debouncer.pop_due(now, BATCH)
@@ -278,6 +286,8 @@ class Service:
                 for key in due:
                     self._evaluate(key)
                     done += 1
+                    if self.pending.get(key) is None:
+                        self.health.settled(key)  # nothing to write: no flag latency to count
         except SourceUnavailable as exc:  # the source's command failed or hung (docs/contract.md §10)
             self._source_down(exc, due[done:], now)
 
@@ -303,6 +313,7 @@ class Service:
             if evaluation.error != record.error:
                 log.warning("%s: %s; flag kept (%s)", record.address, evaluation.error, "TRUE" if current.over else "FALSE")
             record.error = evaluation.error
+            self.health.measure_failed()
             return
         record.error = None
         if record.mailbox is not None and evaluation.measurement is not None and self.feed is not None:
@@ -339,6 +350,7 @@ class Service:
         if now - self.last_tick < TICK_EVERY:
             return
         self.last_tick = now
+        self.health.turned()  # the loop's own thread: a full sync that makes progress is alive
         self._collect(now)
         self._measure_due(now)
         self._flush()

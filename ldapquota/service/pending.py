@@ -32,6 +32,9 @@ class PendingWrites:
         self.written: Set[str] = set()
         #: Told of every write that landed (the daemon keeps the newest as a canary).
         self.on_written: Optional[Callable[[str, QuotaState], None]] = None
+        #: For the metrics (docs/contract.md §12): each change written (by account key), each write that failed.
+        self.on_change_written: Callable[[str, Change], None] = lambda key, change: None
+        self.on_write_failed: Callable[[], None] = lambda: None
 
     def __len__(self) -> int:
         return len(self._changes)
@@ -93,6 +96,7 @@ class PendingWrites:
                     store.write_state(change.dn, change.old, change.new, change.has_class)
             except EntryWriteError as exc:
                 del self._changes[key]
+                self.on_write_failed()
                 _write_failed(store, table, key, exc)
                 continue
             except (DirectoryUnavailable, PermissionDenied, SchemaMissing) as exc:
@@ -104,6 +108,7 @@ class PendingWrites:
                 self.on_written(change.dn, change.new)
             if change.flip:
                 self.flips_since_sync += 1
+            self.on_change_written(key, change)
             log.info("%s", change.describe())
         return None
 

@@ -32,6 +32,8 @@ def reload_config(service: "Service") -> None:
     for key in ("pidfile", "user", "group"):
         if getattr(new.daemon, key) != getattr(old.daemon, key):
             log.warning("reload: daemon.%s changed; that takes a restart", key)
+    if new.metrics.listen != old.metrics.listen:
+        log.warning("reload: metrics.listen changed; that takes a restart")
     service.config = new
     now = service.clock()
     if new.ldap != old.ldap:
