@@ -100,10 +100,14 @@ def _mtime(path: str) -> int:
         return -(exc.errno or 1)
 
 
-def signature(path: str, deep: bool) -> Tuple[object, ...]:
+def signature(path: str, deep: bool) -> object:
     """What polling compares: ``maildirsize``'s inode, size and mtime; for a maildir
     without one (or a deep one), the mtimes of the directory (and of ``new/``, ``cur/``,
-    and ``new/``, ``cur/`` of every ``.Folder``: one listing and two ``stat`` per folder)."""
+    and ``new/``, ``cur/`` of every ``.Folder``: one listing and two ``stat`` per folder).
+
+    The common case (a ``maildirsize``, not deep) is one integer holding all three
+    exactly: polled mailboxes may be most of a million, and a tuple of three costs
+    three times as much."""
     try:
         info = os.stat(os.path.join(path, MAILDIRSIZE))
         size_file: object = (info.st_ino, info.st_size, info.st_mtime_ns)
@@ -112,6 +116,9 @@ def signature(path: str, deep: bool) -> Tuple[object, ...]:
     except OSError as exc:
         size_file = ("error", exc.errno)
     if size_file is not None and not deep:
+        if isinstance(size_file, tuple) and all(isinstance(v, int) and 0 <= v < _FIELD for v in size_file):
+            inode, size, mtime = size_file
+            return (inode << 128) | (size << 64) | mtime
         return (size_file,)
     times: List[object] = [_mtime(path)]
     if deep:
@@ -120,15 +127,21 @@ def signature(path: str, deep: bool) -> Tuple[object, ...]:
     return (size_file, tuple(times))
 
 
+_FIELD = 1 << 64
+
+
 class StatPoller:
     """Paths compared by :func:`signature`, a slice of them per ``step``, all once per ``interval``."""
 
     def __init__(self, interval: float, step: float = 1.0):
         self.interval = interval
         self.step = step
-        self._polled: Dict[str, List[object]] = {}  # path → [signature, deep, token]
-        self._queue: Deque[Tuple[str, int]] = deque()
-        self._token = 0
+        self._polled: Dict[str, object] = {}  # path → signature
+        self._deep: Set[str] = set()  # polled paths compared deep (rare: no maildirsize)
+        # Every polled path once, in polling order; a removed path stays until it is
+        # reached (in _removed meanwhile), and is reused if the path is added back first.
+        self._queue: Deque[str] = deque()
+        self._removed: Set[str] = set()
         self.next_poll_at: Optional[float] = None
 
     def __len__(self) -> int:
@@ -138,22 +151,31 @@ class StatPoller:
         return path in self._polled
 
     def add(self, path: str, deep: bool, now: Optional[float]) -> None:
-        entry = self._polled.get(path)
-        if entry is not None:
-            entry[1] = deep
+        if deep:
+            self._deep.add(path)
+        else:
+            self._deep.discard(path)
+        if path in self._polled:
             return
-        self._token += 1
-        self._polled[path] = [signature(path, deep), deep, self._token]
-        self._queue.append((path, self._token))
+        self._polled[path] = signature(path, deep)
+        if path in self._removed:
+            self._removed.discard(path)  # its queue item is still there
+        else:
+            self._queue.append(path)
         if self.next_poll_at is None:
             self.next_poll_at = (now or 0.0) + self.step
 
     def remove(self, path: str) -> None:
-        self._polled.pop(path, None)  # its queue item becomes stale and is skipped
+        if path in self._polled:
+            del self._polled[path]
+            self._deep.discard(path)
+            self._removed.add(path)
 
     def clear(self) -> None:
         self._polled.clear()
+        self._deep.clear()
         self._queue.clear()
+        self._removed.clear()
 
     def poll(self, now: float) -> Set[str]:
         """``stat`` the next slice of polled paths; those whose signature changed."""
@@ -161,24 +183,27 @@ class StatPoller:
         live = len(self._polled)
         if not live:
             self._queue.clear()
+            self._removed.clear()
             self.next_poll_at = None
             return changed
         budget = slice_size(live, self.interval, self.step)
         looked = 0
-        # Stale queue items (removed or re-added paths) do not count against the budget,
-        # but the loop ends after one lap at most.
+        # Removed paths do not count against the budget, but the loop ends after one lap at most.
         for _ in range(len(self._queue)):
             if looked >= budget:
                 break
-            path, token = self._queue.popleft()
-            entry = self._polled.get(path)
-            if entry is None or entry[2] != token:
+            path = self._queue.popleft()
+            if path in self._removed:
+                self._removed.discard(path)
+                continue
+            old = self._polled.get(path)
+            if old is None:
                 continue
             looked += 1
-            new = signature(path, bool(entry[1]))
-            if new != entry[0]:
-                entry[0] = new
+            new = signature(path, path in self._deep)
+            if new != old:
+                self._polled[path] = new
                 changed.add(path)
-            self._queue.append((path, token))
+            self._queue.append(path)
         self.next_poll_at = now + self.step if self._polled else None
         return changed

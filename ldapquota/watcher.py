@@ -31,7 +31,7 @@ import errno
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from ldapquota.maildir_poll import DEEP_PARTS, MAILDIRSIZE, StatPoller, folders, identity, is_folder, signature, watch_limits
 
@@ -75,6 +75,29 @@ class Changes:
     unmounted: bool = False  # a watched file system went away
 
 
+#: The parts of a maildir's watch while it has none (most of them): shared, never written.
+_NO_SUBS: Dict[str, int] = {}
+
+#: Who a watch descriptor serves: a maildir path (its own watch, the usual case), one
+#: (path, part), or a list of them (a directory reached by several paths).
+_Owners = Union[str, Tuple[str, str], List[Tuple[str, str]]]
+
+
+def _expand(owners: _Owners) -> List[Tuple[str, str]]:
+    if isinstance(owners, str):
+        return [(owners, "")]
+    if isinstance(owners, tuple):
+        return [owners]
+    return owners
+
+
+def _pack(owners: List[Tuple[str, str]]) -> _Owners:
+    if len(owners) != 1:
+        return owners
+    path, part = owners[0]
+    return path if part == "" else owners[0]
+
+
 class _Watch:
     __slots__ = ("root", "ident", "deep", "subs")
 
@@ -84,7 +107,7 @@ class _Watch:
         self.deep = deep
         #: part → watch: "new", "cur", ".Folder/new", ".Folder/cur", and ".Folder" itself
         #: while one of its new/ or cur/ is missing (to see it appear)
-        self.subs: Dict[str, int] = {}
+        self.subs: Dict[str, int] = _NO_SUBS
 
 
 class Watcher:
@@ -106,7 +129,7 @@ class Watcher:
                     self.inotify_error = f"cannot start inotify: {exc.strerror or exc}"
             if self.inotify_error:
                 log.warning("%s; every mailbox is polled every %gs instead", self.inotify_error, poll_interval)
-        self._wds: Dict[int, List[Tuple[str, str]]] = {}  # wd → [(path, part)]; part "" = the maildir
+        self._wds: Dict[int, _Owners] = {}  # wd → who it serves (part "" = the maildir)
         self._watched: Dict[str, _Watch] = {}
         self.poller = StatPoller(poll_interval, poll_step)
         self._limit_reached = False  # the kernel's watch limit: stop trying until reset
@@ -275,6 +298,8 @@ class Watcher:
         except OSError as error:
             exc = error
         else:
+            if watch.subs is _NO_SUBS:
+                watch.subs = {}
             watch.subs[part] = wd
             self._own(wd, path, part)
             return True
@@ -293,16 +318,22 @@ class Watcher:
             self._disown(wd, path, part)
 
     def _own(self, wd: int, path: str, part: str) -> None:
-        owners = self._wds.setdefault(wd, [])
+        current = self._wds.get(wd)
+        if current is None:
+            self._wds[wd] = path if part == "" else (path, part)
+            return
+        owners = _expand(current)
         if (path, part) not in owners:
-            owners.append((path, part))
+            self._wds[wd] = owners + [(path, part)]
 
     def _disown(self, wd: int, path: str, part: str) -> None:
-        owners = self._wds.get(wd)
-        if owners is None:
+        current = self._wds.get(wd)
+        if current is None:
             return
-        owners[:] = [owner for owner in owners if owner != (path, part)]
-        if not owners:
+        owners = [owner for owner in _expand(current) if owner != (path, part)]
+        if owners:
+            self._wds[wd] = _pack(owners)
+        else:
             del self._wds[wd]
             if self._inotify is not None:
                 try:
@@ -342,9 +373,10 @@ class Watcher:
         if mask & _OVERFLOW:
             changes.overflow = True
             return
-        owners = self._wds.get(wd)
-        if not owners:
+        current = self._wds.get(wd)
+        if current is None:
             return
+        owners = _expand(current)
         if mask & _UNMOUNT:
             changes.unmounted = True
         if mask & _IGNORED:
