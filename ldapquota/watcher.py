@@ -31,9 +31,10 @@ import errno
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ldapquota.maildir_poll import DEEP_PARTS, MAILDIRSIZE, StatPoller, folders, identity, is_folder, signature, watch_limits
+from ldapquota.watch_parts import NO_SUBS, Owners, Watch, expand, pack
 
 try:  # pragma: no cover - the import itself is what is tested
     from inotify_simple import INotify
@@ -75,41 +76,6 @@ class Changes:
     unmounted: bool = False  # a watched file system went away
 
 
-#: The parts of a maildir's watch while it has none (most of them): shared, never written.
-_NO_SUBS: Dict[str, int] = {}
-
-#: Who a watch descriptor serves: a maildir path (its own watch, the usual case), one
-#: (path, part), or a list of them (a directory reached by several paths).
-_Owners = Union[str, Tuple[str, str], List[Tuple[str, str]]]
-
-
-def _expand(owners: _Owners) -> List[Tuple[str, str]]:
-    if isinstance(owners, str):
-        return [(owners, "")]
-    if isinstance(owners, tuple):
-        return [owners]
-    return owners
-
-
-def _pack(owners: List[Tuple[str, str]]) -> _Owners:
-    if len(owners) != 1:
-        return owners
-    path, part = owners[0]
-    return path if part == "" else owners[0]
-
-
-class _Watch:
-    __slots__ = ("root", "ident", "deep", "subs")
-
-    def __init__(self, root: int, ident: Tuple[int, int], deep: bool):
-        self.root = root  # the maildir's watch
-        self.ident = ident  # (st_dev, st_ino) of the directory that watch is on
-        self.deep = deep
-        #: part → watch: "new", "cur", ".Folder/new", ".Folder/cur", and ".Folder" itself
-        #: while one of its new/ or cur/ is missing (to see it appear)
-        self.subs: Dict[str, int] = _NO_SUBS
-
-
 class Watcher:
     """Tells which watched maildir paths changed, by inotify or by polling."""
 
@@ -129,8 +95,8 @@ class Watcher:
                     self.inotify_error = f"cannot start inotify: {exc.strerror or exc}"
             if self.inotify_error:
                 log.warning("%s; every mailbox is polled every %gs instead", self.inotify_error, poll_interval)
-        self._wds: Dict[int, _Owners] = {}  # wd → who it serves (part "" = the maildir)
-        self._watched: Dict[str, _Watch] = {}
+        self._wds: Dict[int, Owners] = {}  # wd → who it serves (part "" = the maildir)
+        self._watched: Dict[str, Watch] = {}
         self.poller = StatPoller(poll_interval, poll_step)
         self._limit_reached = False  # the kernel's watch limit: stop trying until reset
         self._limit_warned = False
@@ -215,7 +181,7 @@ class Watcher:
                 elif exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP):
                     log.warning("cannot watch %s: %s; polling it", path, exc.strerror or exc)
             else:
-                watch = _Watch(wd, ident, False)
+                watch = Watch(wd, ident, False)
                 self._watched[path] = watch
                 self._own(wd, path, "")
                 self.poller.remove(path)
@@ -239,7 +205,7 @@ class Watcher:
             self._disown(wd, path, part)
         self._disown(watch.root, path, "")
 
-    def _set_depth(self, path: str, watch: _Watch, deep: bool, report: bool) -> None:
+    def _set_depth(self, path: str, watch: Watch, deep: bool, report: bool) -> None:
         """Shallow: drop the deep watches. Deep: add those missing (``report``: the path
         is reported changed if any was added, as what they would have seen is unknown).
         At the kernel's watch limit, a deep watch that cannot be completed becomes polling."""
@@ -258,7 +224,7 @@ class Watcher:
         if added and report:
             self._healed.add(path)
 
-    def _fill(self, path: str, watch: _Watch, folder: str) -> Optional[bool]:
+    def _fill(self, path: str, watch: Watch, folder: str) -> Optional[bool]:
         """Watch new/ and cur/ of ``folder`` ("" = the maildir itself). A folder lacking
         one of them is watched itself, to see it appear. True if a watch was added, None
         if the watch limit turned the path to polling."""
@@ -289,7 +255,7 @@ class Watcher:
                 return result if result is None else added
         return added
 
-    def _try_watch(self, path: str, watch: _Watch, part: str, mask: int) -> Optional[bool]:
+    def _try_watch(self, path: str, watch: Watch, part: str, mask: int) -> Optional[bool]:
         """True: watched; False: not there (nothing to watch yet); None: the watch limit
         is reached, and ``path`` is polled now."""
         assert self._inotify is not None
@@ -298,7 +264,7 @@ class Watcher:
         except OSError as error:
             exc = error
         else:
-            if watch.subs is _NO_SUBS:
+            if watch.subs is NO_SUBS:
                 watch.subs = {}
             watch.subs[part] = wd
             self._own(wd, path, part)
@@ -312,7 +278,7 @@ class Watcher:
             return None
         return False  # not there (or not a directory): nothing to watch yet
 
-    def _unwatch(self, path: str, watch: _Watch, part: str) -> None:
+    def _unwatch(self, path: str, watch: Watch, part: str) -> None:
         wd = watch.subs.pop(part, None)
         if wd is not None:
             self._disown(wd, path, part)
@@ -322,7 +288,7 @@ class Watcher:
         if current is None:
             self._wds[wd] = path if part == "" else (path, part)
             return
-        owners = _expand(current)
+        owners = expand(current)
         if (path, part) not in owners:
             self._wds[wd] = owners + [(path, part)]
 
@@ -330,9 +296,9 @@ class Watcher:
         current = self._wds.get(wd)
         if current is None:
             return
-        owners = [owner for owner in _expand(current) if owner != (path, part)]
+        owners = [owner for owner in expand(current) if owner != (path, part)]
         if owners:
-            self._wds[wd] = _pack(owners)
+            self._wds[wd] = pack(owners)
         else:
             del self._wds[wd]
             if self._inotify is not None:
@@ -376,7 +342,7 @@ class Watcher:
         current = self._wds.get(wd)
         if current is None:
             return
-        owners = _expand(current)
+        owners = expand(current)
         if mask & _UNMOUNT:
             changes.unmounted = True
         if mask & _IGNORED:

@@ -89,7 +89,7 @@ class AccountTable:
 
     def keys_for(self, mailbox: str) -> Sequence[str]:
         keys = self.by_mailbox.get(mailbox, ())
-        return (keys,) if isinstance(keys, str) else keys
+        return [keys] if isinstance(keys, str) else keys
 
     def upsert(self, entry: AccountEntry, address: str, mailbox: Optional[str]) -> Tuple[str, Record, bool]:
         """Record ``entry``; returns (key, record, whether anything but the state changed)."""
