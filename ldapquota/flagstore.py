@@ -12,17 +12,43 @@ The rules every store keeps (docs/contract.md §4, §5):
   failure of one entry is :class:`~ldapquota.errors.EntryWriteError` (the run goes on),
   anything that concerns every entry raises DirectoryUnavailable/PermissionDenied/SchemaMissing;
 * times (modification, server clock) are seconds since the epoch in the store's clock.
+
+Many writes at once (a cold sync writes thousands) go through :meth:`FlagStore.write_states`:
+one :meth:`~FlagStore.write_state` after the other unless the store can keep many in
+flight (the LDAP one does), with the same rules and the same errors per entry.
 """
 
 import abc
 from types import TracebackType
-from typing import Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
 from ldapquota.entry import AccountEntry
+from ldapquota.errors import EntryWriteError, WriteSuperseded
 from ldapquota.quota import QuotaState
 from ldapquota.settings import Config
 
 S = TypeVar("S", bound="FlagStore")
+
+
+class StateWrite(Protocol):
+    """One planned write of :meth:`FlagStore.write_states` (sync.Change is one)."""
+
+    @property
+    def dn(self) -> str: ...
+
+    @property
+    def old(self) -> QuotaState: ...
+
+    @property
+    def new(self) -> QuotaState: ...
+
+    @property
+    def has_class(self) -> bool: ...
+
+
+W = TypeVar("W", bound=StateWrite)
+#: A write and how it ended: None (written), or its EntryWriteError or WriteSuperseded.
+Outcome = Tuple[W, Optional[Exception]]
 
 
 class FlagStore(abc.ABC):
@@ -91,6 +117,21 @@ class FlagStore(abc.ABC):
         ``if_unchanged``: only if the entry still holds ``old``, in the same operation;
         otherwise raise WriteSuperseded and change nothing (a run that read the entry
         earlier must not undo a newer write, docs/contract.md §5)."""
+
+    def write_states(self, writes: Iterable[W], *, if_unchanged: bool = False) -> Iterator[Outcome[W]]:
+        """Each of ``writes`` as :meth:`write_state` writes it, yielding every write with
+        how it ended (None: written; its EntryWriteError or WriteSuperseded otherwise).
+        ``writes`` is read lazily, each just before it is sent, and outcomes come in that
+        order. What concerns every entry (DirectoryUnavailable, PermissionDenied,
+        SchemaMissing) is raised after the outcomes of the writes before it. This one
+        writes one after the other; a store that can keep many in flight overrides it."""
+        for write in writes:
+            try:
+                self.write_state(write.dn, write.old, write.new, write.has_class, if_unchanged=if_unchanged)
+            except (EntryWriteError, WriteSuperseded) as exc:
+                yield write, exc
+            else:
+                yield write, None
 
     @abc.abstractmethod
     def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:

@@ -284,33 +284,37 @@ def _check_rules(config: Config, options: SyncOptions, report: SyncReport) -> No
 
 
 def _write(directory: FlagStore, options: SyncOptions, report: SyncReport) -> None:
-    for index, change in enumerate(report.changes):
-        if options.dry_run:
+    if options.dry_run:
+        for change in report.changes:
             (options.on_change or _log_change)(change)
-            continue
-        try:
-            directory.write_state(change.dn, change.old, change.new, change.has_class, if_unchanged=True)
-        except WriteSuperseded as exc:
-            report.superseded += 1
-            log.info("%s: not written: %s", change.address, exc)
-            continue
-        except EntryWriteError as exc:
-            report.errors += 1
-            log.error("%s: %s", change.address, exc)
-            continue
-        except LdapQuotaError as exc:
-            # The directory went away (or refused) part-way: what was written stays
-            # written (each write is right on its own); say how far the run got.
-            report.unreached = len(report.changes) - index
-            report.finish()
-            raise _with_report(exc, report) from None
-        report.writes += 1
-        if change.flip:
-            if change.new.over:
-                report.set += 1
+        return
+    # Many in flight where the store can (a cold sync writes thousands); each outcome is
+    # the one write_state would have had.
+    outcomes = directory.write_states(report.changes, if_unchanged=True)
+    reached = 0
+    try:
+        for change, problem in outcomes:
+            reached += 1
+            if isinstance(problem, WriteSuperseded):
+                report.superseded += 1
+                log.info("%s: not written: %s", change.address, problem)
+            elif problem is not None:
+                report.errors += 1
+                log.error("%s: %s", change.address, problem)
             else:
-                report.cleared += 1
-        _log_change(change)
+                report.writes += 1
+                if change.flip:
+                    if change.new.over:
+                        report.set += 1
+                    else:
+                        report.cleared += 1
+                _log_change(change)
+    except LdapQuotaError as exc:
+        # The directory went away (or refused) part-way: what was written stays
+        # written (each write is right on its own); say how far the run got.
+        report.unreached = len(report.changes) - reached
+        report.finish()
+        raise _with_report(exc, report) from None
 
 
 def _count_planned(report: SyncReport) -> None:

@@ -26,7 +26,19 @@ def connect(config: LdapConfig, receive_timeout: float = RECEIVE_TIMEOUT) -> Tup
     raise DirectoryUnavailable("no LDAP server reachable: " + "; ".join(failures))
 
 
+def connect_pipelined(config: LdapConfig, uri: str, receive_timeout: float = RECEIVE_TIMEOUT) -> ldap3.Connection:
+    """A second connection to ``uri`` (the server the store uses), under the same TLS
+    rules, whose operations return at once and are answered later (ldap3's ASYNC
+    strategy): for keeping many modifies in flight."""
+    return _open(config, uri, receive_timeout, ldap3.ASYNC)
+
+
 def close(connection: ldap3.Connection) -> None:
+    if not connection.strategy.sync:
+        # ldap3's ASYNC reader thread retries a failed read for ever while a receive
+        # timeout is set, so it would spin at 100 % of a core once the socket is closed:
+        # without one, it ends there.
+        connection.receive_timeout = None
     try:
         connection.unbind()
     except LdapLibraryError:
@@ -38,7 +50,7 @@ def _tls(config: LdapConfig) -> ldap3.Tls:
     return ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file, version=ssl.PROTOCOL_TLS_CLIENT)
 
 
-def _open(config: LdapConfig, uri: str, receive_timeout: float) -> ldap3.Connection:
+def _open(config: LdapConfig, uri: str, receive_timeout: float, strategy: str = ldap3.SYNC) -> ldap3.Connection:
     secure = uri.lower().startswith("ldaps://") or config.start_tls
     server = ldap3.Server(uri, get_info=ldap3.NONE, tls=_tls(config) if secure else None, connect_timeout=CONNECT_TIMEOUT)
     auth: Dict[str, Any]
@@ -49,6 +61,7 @@ def _open(config: LdapConfig, uri: str, receive_timeout: float) -> ldap3.Connect
     connection = ldap3.Connection(
         server,
         auto_bind=ldap3.AUTO_BIND_NONE,
+        client_strategy=strategy,
         raise_exceptions=False,
         auto_referrals=False,
         receive_timeout=receive_timeout,

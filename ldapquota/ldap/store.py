@@ -1,15 +1,16 @@
 """The LDAP flag store: accounts read with complete paged searches, state written with one
 modify per entry (the auxiliary class added in the same modify when missing)."""
 
+import functools
 import logging
 import re
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import ldap3
 
 from ldapquota.entry import ATTR_FREE, ATTR_OVER, ATTR_SYNC_TIME, OBJECT_CLASS, AccountEntry, as_strings
 from ldapquota.errors import DirectoryUnavailable, EntryWriteError
-from ldapquota.flagstore import FlagStore
+from ldapquota.flagstore import FlagStore, Outcome, W
 from ldapquota.ldap import connection as ldap_connection
 from ldapquota.ldap.results import (
     RC_ASSERTION_FAILED,
@@ -171,59 +172,108 @@ class LdapStore(FlagStore):
         modify (rights, schema) and keeps nothing (No-Op control). With ``if_unchanged``
         the modify carries an Assertion control: the server makes it only if the entry
         still holds ``old``, else WriteSuperseded."""
-        changes: Changes = {}
-        if new.over != old.over or noop:
-            changes[ATTR_OVER] = [(ldap3.MODIFY_REPLACE, ["TRUE" if new.over else "FALSE"])]
-        if new.free_bytes != old.free_bytes or noop:
-            changes[ATTR_FREE] = [(ldap3.MODIFY_REPLACE, [] if new.free_bytes is None else [str(new.free_bytes)])]
-        if changes:
-            self._modify(dn, changes, has_class, noop=noop, expect=old if if_unchanged and not noop else None)
+        attempt = self.first_attempt(dn, old, new, has_class, noop=noop, if_unchanged=if_unchanged)
+        if attempt is not None:
+            self._modify(attempt)
+
+    def write_states(self, writes: Iterable[W], *, if_unchanged: bool = False) -> Iterator[Outcome[W]]:
+        """Many modifies in flight on a connection of their own (:mod:`.pipeline`)."""
+        from ldapquota.ldap.pipeline import write_pipelined
+
+        return write_pipelined(self, writes, if_unchanged=if_unchanged)
 
     def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:
         entry = self.read_entry(dn, ["objectClass", ATTR_SYNC_TIME])
         if entry is None:
             raise EntryWriteError(f"ldap.status_dn {dn} does not exist; create it to record quotaSyncTime")
         has_class = any(v.lower() == OBJECT_CLASS.lower() for v in entry.values("objectClass"))
-        self._modify(dn, {ATTR_SYNC_TIME: [(ldap3.MODIFY_REPLACE, [generalized_time(epoch)])]}, has_class, noop=noop)
+        changes: Changes = {ATTR_SYNC_TIME: [(ldap3.MODIFY_REPLACE, [generalized_time(epoch)])]}
+        self._modify(Attempt(dn, changes, not has_class, noop, None, False, False))
 
-    def _modify(self, dn: str, changes: Changes, has_class: bool, *, noop: bool = False,
-                expect: Optional[QuotaState] = None) -> None:
-        result = self._send_modify(dn, changes, add_class=not has_class, noop=noop, expect=expect)
-        # Our guess about the class can be wrong both ways (an entry with the class but none
-        # of our attributes; an entry whose attributes came with extensibleObject).
-        code = result.get("result")
-        if code == RC_TYPE_OR_VALUE_EXISTS and not has_class:
-            result = self._send_modify(dn, changes, add_class=False, noop=noop, expect=expect)
-        elif code == RC_OBJECT_CLASS_VIOLATION and has_class:
-            result = self._send_modify(dn, changes, add_class=True, noop=noop, expect=expect)
-        if expect is not None and result.get("result") == RC_ASSERTION_FAILED:
-            stored = self.read_entry(dn, [ATTR_OVER, ATTR_FREE])
-            raise assertion_failed(dn, expect, stored.quota_state if stored else None)
-        check_modify_result(result, dn, changes, noop=noop)
+    # One modify, as a sequence of attempts: the first, then at most one more for the
+    # class (our guess can be wrong both ways: an entry with the class but none of our
+    # attributes; an entry whose attributes came with extensibleObject) and one without
+    # the Assertion control if the server refuses it. Shared by write_state and the
+    # pipelined writes, so both send and judge the same.
 
-    def _send_modify(self, dn: str, changes: Changes, *, add_class: bool, noop: bool,
-                     expect: Optional[QuotaState] = None) -> Result:
-        request = dict(changes)
-        if add_class:
+    def first_attempt(self, dn: str, old: QuotaState, new: QuotaState, has_class: bool, *, noop: bool = False,
+                      if_unchanged: bool = False) -> Optional["Attempt"]:
+        """The first modify of a state write; None when nothing is to change."""
+        changes: Changes = {}
+        if new.over != old.over or noop:
+            changes[ATTR_OVER] = [(ldap3.MODIFY_REPLACE, ["TRUE" if new.over else "FALSE"])]
+        if new.free_bytes != old.free_bytes or noop:
+            changes[ATTR_FREE] = [(ldap3.MODIFY_REPLACE, [] if new.free_bytes is None else [str(new.free_bytes)])]
+        if not changes:
+            return None
+        expect = old if if_unchanged and not noop else None
+        return Attempt(dn, changes, not has_class, noop, expect, False, expect is not None and self.assertions)
+
+    def request(self, attempt: "Attempt") -> Tuple[Changes, Optional[List[Control]]]:
+        """The modify's changes and controls."""
+        request = dict(attempt.changes)
+        if attempt.add_class:
             request["objectClass"] = [(ldap3.MODIFY_ADD, [OBJECT_CLASS])]
-        controls: List[Control] = [(NOOP_CONTROL_OID, True, None)] if noop else []
-        if expect is not None and self.assertions:
-            result = self._send(dn, request, controls + [(ASSERTION_CONTROL_OID, True, state_assertion(expect))])
-            if result.get("result") != RC_UNAVAILABLE_CRITICAL_EXTENSION:
-                return result
-            self.assertions = False
-            log.warning("%s does not support the Assertion control (RFC 4528); writes are made without it, so a "
-                        "sync that measured earlier may undo a newer write of the daemon's", self.server)
-        return self._send(dn, request, controls)
+        controls: List[Control] = [(NOOP_CONTROL_OID, True, None)] if attempt.noop else []
+        if attempt.asserted and attempt.expect is not None:
+            controls.append((ASSERTION_CONTROL_OID, True, state_assertion(attempt.expect)))
+        return request, controls or None
 
-    def _send(self, dn: str, request: Changes, controls: List[Control]) -> Result:
+    def next_attempt(self, attempt: "Attempt", result: Result) -> Optional["Attempt"]:
+        """The modify to send again after ``result``, or None: ``result`` is the answer."""
+        code = result.get("result")
+        if attempt.asserted and code == RC_UNAVAILABLE_CRITICAL_EXTENSION:
+            if self.assertions:
+                self.assertions = False
+                log.warning("%s does not support the Assertion control (RFC 4528); writes are made without it, so a "
+                            "sync that measured earlier may undo a newer write of the daemon's", self.server)
+            return attempt._replace(asserted=False)
+        if attempt.class_retried:
+            return None
+        if code == RC_TYPE_OR_VALUE_EXISTS and attempt.add_class:
+            return attempt._replace(add_class=False, class_retried=True)
+        if code == RC_OBJECT_CLASS_VIOLATION and not attempt.add_class:
+            return attempt._replace(add_class=True, class_retried=True)
+        return None
+
+    def settle(self, attempt: "Attempt", result: Result) -> None:
+        """Raise what the final answer to a modify means (nothing for success)."""
+        if attempt.expect is not None and result.get("result") == RC_ASSERTION_FAILED:
+            stored = self.read_entry(attempt.dn, [ATTR_OVER, ATTR_FREE])
+            raise assertion_failed(attempt.dn, attempt.expect, stored.quota_state if stored else None)
+        check_modify_result(result, attempt.dn, attempt.changes, noop=attempt.noop)
+
+    def _modify(self, attempt: "Attempt") -> None:
+        result = self._send(attempt)
+        again = self.next_attempt(attempt, result)
+        while again is not None:
+            attempt = again
+            result = self._send(attempt)
+            again = self.next_attempt(attempt, result)
+        self.settle(attempt, result)
+
+    def _send(self, attempt: "Attempt") -> Result:
+        request, controls = self.request(attempt)
         try:
-            self.connection.modify(dn, request, controls=controls or None)
+            self.connection.modify(attempt.dn, request, controls=controls)
         except LdapLibraryError as exc:
-            raise unavailable(f"writing {dn}", exc) from None
+            raise unavailable(f"writing {attempt.dn}", exc) from None
         return self.connection.result or {}
 
 
+class Attempt(NamedTuple):
+    """One modify of an entry's state (or of the status entry's sync time)."""
+
+    dn: str
+    changes: Changes
+    add_class: bool  # objectClass ldapQuotaStatus added in the same modify
+    noop: bool  # the No-Op control: checked by the server, kept nowhere
+    expect: Optional[QuotaState]  # the state the entry must still hold (if_unchanged)
+    class_retried: bool  # the class guess was corrected once already
+    asserted: bool  # the Assertion control goes with it
+
+
+@functools.lru_cache(maxsize=4096)  # BER-encoding a filter costs more than the rest of a write
 def state_assertion(state: QuotaState) -> bytes:
     """The Assertion control's value: the entry still holds ``state``. An absent
     isOverQuota reads as FALSE, so "not TRUE" covers both; an absent quotaFreeBytes must

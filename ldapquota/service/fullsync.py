@@ -8,7 +8,7 @@ that account after the sync did (the older measurement must not win).
 """
 
 import logging
-from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ldapquota.entry import AccountEntry
 from ldapquota.errors import (
@@ -20,7 +20,7 @@ from ldapquota.errors import (
     SyncBusy,
     WriteSuperseded,
 )
-from ldapquota.flagstore import FlagStore
+from ldapquota.flagstore import FlagStore, Outcome, W
 from ldapquota.quota import QuotaState
 from ldapquota.service.link import breaks_connection
 from ldapquota.sync import SyncReport, run_sync
@@ -38,6 +38,8 @@ REFUSED_RETRY = 600.0
 SOURCE_SYNC_RETRY = 30.0
 #: Another full sync of the store (a cron --sync) holds the full-sync lock: try again this soon.
 BUSY_RETRY = 30.0
+#: Why a sync's write is skipped when an event measured the account after the sync did.
+SUPERSEDED_BY_EVENT = "measured again by an event since this sync measured it; that newer result decides"
 
 
 class SyncHooks:
@@ -83,10 +85,37 @@ class SyncTee(FlagStore):
         if self.hooks.superseded(dn):
             # An event measured this account after the sync did (a sync measures all
             # before it writes). It is measured again right after the sync.
-            raise WriteSuperseded("measured again by an event since this sync measured it; that newer result decides")
+            raise WriteSuperseded(SUPERSEDED_BY_EVENT)
         with self.hooks.shielded():
             self.store.write_state(dn, old, new, has_class, noop=noop, if_unchanged=if_unchanged)
         self.hooks.written(dn, new)
+
+    def write_states(self, writes: Iterable[W], *, if_unchanged: bool = False) -> Iterator[Outcome[W]]:
+        """As :meth:`write_state`, many in flight: each write is checked (events handled,
+        superseded?) just before the store sends it; a SIGTERM lets the writes in flight
+        be answered, then stops."""
+        skipped: List[W] = []
+
+        def admitted() -> Iterator[W]:
+            for write in writes:
+                self.hooks.tick()
+                if self.hooks.superseded(write.dn):
+                    skipped.append(write)
+                else:
+                    yield write
+
+        with self.hooks.shielded():
+            for write, problem in self.store.write_states(admitted(), if_unchanged=if_unchanged):
+                yield from self._skipped(skipped)
+                if problem is None:
+                    self.hooks.written(write.dn, write.new)
+                yield write, problem
+            yield from self._skipped(skipped)
+
+    @staticmethod
+    def _skipped(skipped: List[W]) -> Iterator[Outcome[W]]:
+        while skipped:
+            yield skipped.pop(0), WriteSuperseded(SUPERSEDED_BY_EVENT)
 
     def write_sync_time(self, dn: str, epoch: float, *, noop: bool = False) -> None:
         with self.hooks.shielded():
