@@ -10,16 +10,28 @@ own, read with wait4):
 * unchanged  a sync with nothing changed (target: ≤ 1.3 × floor, zero account writes)
 * changed    a sync after 5 % of the mailboxes changed state
 * floor      a bare ldap3 paged search of the same entries and attributes, plus a bare
-             read of the same maildirsize files: the least any sync must do
-* naive      the classic script: write every account's flag, every run
+             read of the same maildirsize files: the least any sync must do in Python
+* C floor    OpenLDAP's own ldapsearch (C) over the same entries and attributes (paged,
+             -E pr=1000/noprompt, to /dev/null), then ``find | xargs cat`` of the same
+             maildirsize files: the physical floor of the machine
+* python-ldap  a bare paged search with python-ldap (C decoding, Debian's python3-ldap
+             under /usr/bin/python3; skipped when not installed): would a C-decoding
+             path bring a sync near the C floor?
+* naive      the classic script: write every account's flag, every run (--skip-naive at a
+             million: at the measured one-at-a-time rate it takes N / rate seconds)
+* writes/s   the cold sync's kind of write (isOverQuota set, with the Assertion control)
+             on 20,000 accounts the syncs left alone, one at a time (write_state) and
+             pipelined (write_states), interleaved, each set back between rounds
 
-"unchanged" and "floor" are interleaved over several rounds; the median and min–max are
-reported. LDAP writes are counted from slapd's stats log.
+"unchanged" and the floors are interleaved over several rounds; the median and min–max
+are reported. LDAP writes are counted from slapd's stats log. The machine is shared:
+run it under ``nice``; the load average is printed with the figures.
 
     .venv/bin/python benchmarks/sync_bench.py [--accounts 100000] [--rounds 3] [--dir /dev/shm]
 """
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -35,11 +47,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers import config_dict, write_config  # noqa: E402
-from servers.slapd import Slapd, _tool  # noqa: E402
+from servers.slapd import Slapd, _tool, find_tool  # noqa: E402
 
 DOMAINS = [f"d{n}.example.org" for n in range(50)]
 QUOTA = 100_000_000  # bytes; far from full mailboxes stay outside the free margin
 FREE_MARGIN = "1MB"
+WRITE_RATE_ACCOUNTS = 20_000
 
 FLOOR_CODE = r"""
 import os, sys, ssl, ldap3
@@ -65,6 +78,67 @@ while True:
     if not cookie:
         break
 print(entries, read)
+"""
+
+C_FLOOR_CODE = r"""
+set -e
+"$1" -x -LLL -H "$2" -D "$3" -y "$4" -b "$5" -E pr=1000/noprompt -o ldif-wrap=no "(objectClass=inetOrgPerson)" $7 > /dev/null
+find "$6" -name maildirsize -print0 | xargs -0 cat > /dev/null
+"""
+
+PYTHON_LDAP_CODE = r"""
+import sys, ldap
+from ldap.controls import SimplePagedResultsControl
+uri, bind_dn, pw_file, base = sys.argv[1:5]
+attributes = sys.argv[5].split(",")
+conn = ldap.initialize(uri)
+conn.simple_bind_s(bind_dn, open(pw_file).read().rstrip("\n"))
+page = SimplePagedResultsControl(True, size=1000, cookie=b"")
+entries = 0
+while True:
+    msgid = conn.search_ext(base, ldap.SCOPE_SUBTREE, "(objectClass=inetOrgPerson)", attributes, serverctrls=[page])
+    _, data, _, controls = conn.result3(msgid)
+    entries += sum(1 for dn, _ in data if dn)
+    cookie = next((c.cookie for c in controls if c.controlType == SimplePagedResultsControl.controlType), b"")
+    if not cookie:
+        break
+    page.cookie = cookie
+print(entries)
+"""
+
+WRITE_RATE_CODE = r"""
+import sys, time, json
+from ldapquota.config import load_config
+from ldapquota.flagstore import FlagStore
+from ldapquota.ldap.store import LdapStore
+from ldapquota.quota import QuotaState
+from ldapquota.sync import Change
+config_path, dn_file, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+dns = open(dn_file).read().split()
+config = load_config(config_path)
+fine, full = QuotaState(False, None), QuotaState(True, 0)
+rates = {"one at a time": [], "pipelined": []}
+with LdapStore(config.ldap) as store:
+    def run(kind, old, new, has_class):
+        changes = [Change(dn, dn, old, new, has_class, "bench") for dn in dns]
+        started = time.monotonic()
+        if kind == "one at a time":
+            outcomes = list(FlagStore.write_states(store, changes, if_unchanged=True))
+        else:
+            outcomes = list(store.write_states(changes, if_unchanged=True))
+        took = time.monotonic() - started
+        assert all(problem is None for _, problem in outcomes), [p for _, p in outcomes if p][:3]
+        return len(dns) / took
+    # Warm-up (not counted): the class added, the flag set and back.
+    run("pipelined", fine, full, False)
+    run("pipelined", full, fine, True)
+    for n in range(rounds):
+        order = ["one at a time", "pipelined"] if n % 2 == 0 else ["pipelined", "one at a time"]
+        for kind in order:
+            # The cold sync's write (the flag set, conditionally), then back.
+            rates[kind].append(run(kind, fine, full, True))
+            run("pipelined", full, fine, True)
+print(json.dumps(rates))
 """
 
 NAIVE_CODE = r"""
@@ -192,6 +266,18 @@ def run_measured(argv, env=None) -> tuple:
     return seconds, own, own + sum(others.values()) / 1024, out.decode()
 
 
+def write_rates(workdir: Path, config: Path, env: dict, candidates: list, people_dn: str, rounds: int) -> dict:
+    """Writes per second, one at a time and pipelined, on accounts the syncs left alone."""
+    picked = candidates[:: max(1, len(candidates) // WRITE_RATE_ACCOUNTS)][:WRITE_RATE_ACCOUNTS]
+    dn_file = workdir / "write-rate-dns"
+    dn_file.write_text("".join(f"uid=user{k},{people_dn}\n" for k in picked))
+    proc = subprocess.run([sys.executable, "-c", WRITE_RATE_CODE, str(config), str(dn_file), str(rounds)],
+                          capture_output=True, text=True, env=env, cwd=str(REPO))
+    if proc.returncode != 0:
+        raise SystemExit(f"write rate run failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=100_000)
@@ -220,21 +306,30 @@ def main() -> int:
         evaluator.close()
         floor = [sys.executable, "-c", FLOOR_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file),
                  slapd.people_dn, str(root), attributes]
+        c_floor = ["sh", "-c", C_FLOOR_CODE, "c-floor", find_tool("ldapsearch"), slapd.uri, slapd.ldapquota_dn,
+                   str(slapd.ldapquota_pw_file), slapd.people_dn, str(root), attributes.replace(",", " ")]
+        python_ldap = None
+        if subprocess.run(["/usr/bin/python3", "-c", "import ldap"], capture_output=True).returncode == 0:
+            python_ldap = ["/usr/bin/python3", "-c", PYTHON_LDAP_CODE, slapd.uri, slapd.ldapquota_dn,
+                           str(slapd.ldapquota_pw_file), slapd.people_dn, attributes]
         results = {}
 
         def measure(name, argv):
             mark = slapd.log_mark()
             seconds, rss, tree, out = run_measured(argv, env)
             writes = len(slapd.writes_since(mark, under=slapd.people_dn))
-            results.setdefault(name, []).append((seconds, rss, tree, writes))
+            results.setdefault(name, []).append((seconds, rss, tree, writes, os.getloadavg()[0]))
             print(f"  {name:12s} {seconds:7.2f} s  {n / seconds:8.0f} accounts/s  writes={writes:6d}  "
-                  f"peak RSS {rss:6.1f} MiB (with workers {tree:6.1f} MiB)", flush=True)
+                  f"peak RSS {rss:6.1f} MiB (with workers {tree:6.1f} MiB)  load {os.getloadavg()[0]:.1f}", flush=True)
             return out
 
         print(f"\nruns ({n} accounts, {len(over)} over quota, maildirs in {args.dir}):", flush=True)
         measure("cold", sync)
         for _ in range(args.rounds):
             measure("floor", floor)
+            measure("C floor", c_floor)
+            if python_ldap:
+                measure("python-ldap", python_ldap)
             measure("unchanged", sync)
             measure("unchanged/w0", sync0)
         # 5 % change state: half of the over-quota mailboxes are emptied, as many others fill up.
@@ -247,9 +342,13 @@ def main() -> int:
         measure("changed", sync)
         if not args.skip_naive:
             measure("naive", [sys.executable, "-c", NAIVE_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file), slapd.people_dn])
+        rates = write_rates(workdir, config, env, sorted(set(range(n)) - over - set(fresh)), slapd.people_dn, args.rounds)
 
-        print(f"\nsummary ({n} accounts; median of {args.rounds} rounds where repeated, min–max in brackets):")
+        print(f"\nsummary ({n} accounts; median of {args.rounds} rounds where repeated, min–max in brackets; "
+              f"load average over the runs {statistics.median(row[4] for rows in results.values() for row in rows):.1f} "
+              f"on {os.cpu_count()} CPUs):")
         floor_median = statistics.median(row[0] for row in results["floor"])
+        c_median = statistics.median(row[0] for row in results["C floor"])
         for name, rows in results.items():
             seconds = [row[0] for row in rows]
             median = statistics.median(seconds)
@@ -257,11 +356,16 @@ def main() -> int:
             rss = max(row[1] for row in rows)
             tree = max(row[2] for row in rows)
             writes = rows[-1][3]
-            print(f"  {name:12s} {median:7.2f} s {spread:15s} {n / median:8.0f} accounts/s  "
-                  f"{median / floor_median:5.2f}× floor  LDAP writes {writes:6d}  "
+            print(f"  {name:12s} {median:7.2f} s {spread:17s} {n / median:8.0f} accounts/s  "
+                  f"{median / floor_median:5.2f}× floor {median / c_median:5.2f}× C floor  LDAP writes {writes:7d}  "
                   f"peak RSS {rss:6.1f} MiB, with workers {tree:6.1f} MiB")
         print("  (unchanged: measuring in worker processes, mailboxes.workers auto; "
               "unchanged/w0: measuring in the main process)")
+        one, piped = statistics.median(rates["one at a time"]), statistics.median(rates["pipelined"])
+        print(f"  writes/s     one at a time {one:6.0f} [{min(rates['one at a time']):.0f}–{max(rates['one at a time']):.0f}], "
+              f"pipelined {piped:6.0f} [{min(rates['pipelined']):.0f}–{max(rates['pipelined']):.0f}]: {piped / one:.2f}×")
+        if args.skip_naive:
+            print(f"  naive        not run: {n} writes at {one:.0f}/s one at a time ≈ {n / one:.0f} s")
         return 0
     finally:
         if slapd is not None:
