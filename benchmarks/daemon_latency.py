@@ -45,8 +45,10 @@ mailbox waits (up to ``daemon.poll_interval``, 30 s by default).
 
 Usage:  .venv/bin/python benchmarks/daemon_latency.py [--sizes 10000,100000 | --accounts 1000000]
         [--trials 50] [--idle 60] [--cron-live 60 --cron-live-trials 5] [--workdir /dev/shm]
-Needs slapd, ldap-utils (scripts/setup installs them) and about 1 GB in /dev/shm at 100k
-(about 10 GB at a million).
+Needs slapd, ldap-utils (scripts/setup installs them) and about 1 GB in /dev/shm at 100k.
+A million maildirs (seven inodes each) need a private tmpfs with enough inodes, about
+12 GB of memory: ``mount -t tmpfs -o size=16G,nr_inodes=12M lqbench /tmp/lqbench`` and
+``--workdir /tmp/lqbench`` (umount it after).
 """
 
 import argparse

@@ -14,6 +14,7 @@ own, read with wait4):
 * C floor    OpenLDAP's own ldapsearch (C) over the same entries and attributes (paged,
              -E pr=1000/noprompt, to /dev/null), then ``find | xargs cat`` of the same
              maildirsize files: the physical floor of the machine
+* the parts  ldap3 search, C search (ldapsearch) and C read (cat) alone
 * python-ldap  a bare paged search with python-ldap (C decoding, Debian's python3-ldap
              under /usr/bin/python3; skipped when not installed): would a C-decoding
              path bring a sync near the C floor?
@@ -28,6 +29,10 @@ are reported. LDAP writes are counted from slapd's stats log. The machine is sha
 run it under ``nice``; the load average is printed with the figures.
 
     .venv/bin/python benchmarks/sync_bench.py [--accounts 100000] [--rounds 3] [--dir /dev/shm]
+
+A million maildirs take three million inodes: more than /dev/shm allows here (3.08 M, shared
+with the other users). Give --dir a private tmpfs instead, e.g.
+``mount -t tmpfs -o size=16G,nr_inodes=12M lqbench /tmp/lqbench`` (and umount it after).
 """
 
 import argparse
@@ -69,6 +74,8 @@ while True:
             continue
         entries += 1
         local, _, domain = response["attributes"]["mail"][0].rpartition("@")
+        if not root:
+            continue  # the search alone
         try:
             with open(os.path.join(root, domain, local, "Maildir", "maildirsize"), "rb") as handle:
                 read += len(handle.read(5121))
@@ -82,8 +89,12 @@ print(entries, read)
 
 C_FLOOR_CODE = r"""
 set -e
-"$1" -x -LLL -H "$2" -D "$3" -y "$4" -b "$5" -E pr=1000/noprompt -o ldif-wrap=no "(objectClass=inetOrgPerson)" $7 > /dev/null
-find "$6" -name maildirsize -print0 | xargs -0 cat > /dev/null
+if [ "$8" != read ]; then
+  "$1" -x -LLL -H "$2" -D "$3" -y "$4" -b "$5" -E pr=1000/noprompt -o ldif-wrap=no "(objectClass=inetOrgPerson)" $7 > /dev/null
+fi
+if [ "$8" != search ]; then
+  find "$6" -name maildirsize -print0 | xargs -0 cat > /dev/null
+fi
 """
 
 PYTHON_LDAP_CODE = r"""
@@ -307,7 +318,7 @@ def main() -> int:
         floor = [sys.executable, "-c", FLOOR_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file),
                  slapd.people_dn, str(root), attributes]
         c_floor = ["sh", "-c", C_FLOOR_CODE, "c-floor", find_tool("ldapsearch"), slapd.uri, slapd.ldapquota_dn,
-                   str(slapd.ldapquota_pw_file), slapd.people_dn, str(root), attributes.replace(",", " ")]
+                   str(slapd.ldapquota_pw_file), slapd.people_dn, str(root), attributes.replace(",", " "), "both"]
         python_ldap = None
         if subprocess.run(["/usr/bin/python3", "-c", "import ldap"], capture_output=True).returncode == 0:
             python_ldap = ["/usr/bin/python3", "-c", PYTHON_LDAP_CODE, slapd.uri, slapd.ldapquota_dn,
@@ -328,8 +339,12 @@ def main() -> int:
         for _ in range(args.rounds):
             measure("floor", floor)
             measure("C floor", c_floor)
+            # The parts: each search alone, the C read alone.
+            measure("ldap3 search", floor[:-2] + ["", attributes])
+            measure("C search", c_floor[:-1] + ["search"])
             if python_ldap:
                 measure("python-ldap", python_ldap)
+            measure("C read", c_floor[:-1] + ["read"])
             measure("unchanged", sync)
             measure("unchanged/w0", sync0)
         # 5 % change state: half of the over-quota mailboxes are emptied, as many others fill up.
