@@ -248,33 +248,35 @@ def _hwm_kib(pid: int) -> int:
 def run_measured(argv, env=None) -> tuple:
     """(seconds, peak RSS MiB of the process, peak RSS MiB of the whole tree, stdout).
 
-    The process's own peak comes from wait4 on it alone (not RUSAGE_CHILDREN). Worker
-    processes (forkserver grandchildren) are not in it: a poller records their VmHWM
-    every 0.1 s and the tree figure adds them up."""
+    Peaks are VmHWM from /proc, sampled every 0.1 s (it only grows, so the last sample
+    misses at most the last 0.1 s of growth), for the process and each descendant
+    (forkserver workers, ldapsearch under sh). Not ru_maxrss from wait4: Linux carries
+    the high-water mark of the address space replaced by exec into it, so every child
+    would show this benchmark's own size."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO))
-    others = {}
+    peaks = {}
     stop = threading.Event()
 
     def poll() -> None:
         while not stop.wait(0.1):
-            for pid in _descendants(proc.pid):
-                others[pid] = max(others.get(pid, 0), _hwm_kib(pid))
+            for pid in [proc.pid] + _descendants(proc.pid):
+                peaks[pid] = max(peaks.get(pid, 0), _hwm_kib(pid))
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     # Read the pipes ourselves so that wait4 (not Popen) reaps the child.
     out = proc.stdout.read()
     err = proc.stderr.read()
-    _, status, rusage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     seconds = time.monotonic() - started
     stop.set()
     poller.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, argv[:5]))} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
-    own = rusage.ru_maxrss / 1024
-    return seconds, own, own + sum(others.values()) / 1024, out.decode()
+    own = peaks.get(proc.pid, 0) / 1024
+    return seconds, own, sum(peaks.values()) / 1024, out.decode()
 
 
 def write_rates(workdir: Path, config: Path, env: dict, candidates: list, people_dn: str, rounds: int) -> dict:
