@@ -118,3 +118,20 @@ def test_the_polling_signature_sees_each_of_inode_size_and_mtime(tmp_path):
     os.utime(size, ns=(1, 1))
     fourth = signature(str(box), False)  # same size and mtime, another inode
     assert len({first, second, third, fourth}) == 4
+
+
+def test_the_account_listing_keeps_the_tables_own_keys_and_a_few_unknown_dns():
+    from fakes import EPOCH, FakeClock, FakeDirectory
+
+    from ldapquota.service.refresher import list_against
+
+    directory = FakeDirectory(FakeClock(EPOCH))
+    dns = [directory.add_account(f"User{n}@example.org") for n in range(5)]
+    table = AccountTable(["mail"], clock=lambda: 0.0)
+    for dn in dns[:3]:
+        table.upsert(AccountEntry(dn, {"mail": ["x"]}), "x", None)
+    count, known, unknown = list_against(directory.store().connect(), table, tick=lambda: None, keep=1)
+    assert count == 5
+    assert known == {dn.lower() for dn in dns[:3]}
+    assert all(any(key is record.key for record in table.records.values()) for key in known)  # no copies
+    assert len(unknown) == 1 and unknown[0] in {dn.lower() for dn in dns[3:]}

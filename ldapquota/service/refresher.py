@@ -10,14 +10,14 @@ paced so it stays cheap, notices deleted accounts (which leave no modification t
 
 import logging
 import math
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Set, Tuple
 
 from ldapquota.entry import AccountEntry
 from ldapquota.errors import DirectoryUnavailable, PermissionDenied, SchemaMissing
 from ldapquota.flagstore import FlagStore
 from ldapquota.service.link import breaks_connection
-from ldapquota.service.table import dn_key
-from ldapquota.service.trust import appeared_before
+from ldapquota.service.table import AccountTable, dn_key
+from ldapquota.service.trust import LISTING_SAMPLE, appeared_before
 
 if TYPE_CHECKING:
     from ldapquota.service.loop import Service
@@ -133,6 +133,26 @@ def list_accounts(store: FlagStore, tick: Callable[[], None]) -> Set[str]:
     return present
 
 
+def list_against(store: FlagStore, table: AccountTable, tick: Callable[[], None],
+                 keep: int) -> Tuple[int, Set[str], List[str]]:
+    """The DN listing held against the table: how many accounts it lists, which of the
+    table's keys it lists (the table's own key objects: a million-account listing keeps
+    no string of its own, ~150 MB less at its peak), and up to ``keep`` listed DNs (lower
+    case) the table does not know."""
+    count = 0
+    known: Set[str] = set()
+    unknown: List[str] = []
+    for dn in store.account_dns():
+        count += 1
+        record = table.get(dn_key(dn))
+        if record is not None:
+            known.add(record.key)
+        elif len(unknown) < keep:
+            unknown.append(dn.lower())
+        tick()
+    return count, known, unknown
+
+
 class DaemonRefresh:
     """One account refresh of the daemon: new, changed and removed accounts since the last
     look, on a connection of its own, so that events keep being handled (and written on
@@ -181,8 +201,8 @@ class DaemonRefresh:
         stops watching them, so it is paced to stay cheap on big directories.)"""
         service = self.service
         started = service.clock()
-        present = list_accounts(store, service.background_tick)
-        if not present and service.table.records:
+        listed, present, unknown = list_against(store, service.table, service.background_tick, LISTING_SAMPLE)
+        if not listed and service.table.records:
             # As a full sync refuses a search that matches no account (a filter or ACL
             # problem looks exactly like this), no account is taken for gone.
             log.warning("the account listing found no account at all; forgetting none (ldap.filter, or ACLs?)")
@@ -190,11 +210,11 @@ class DaemonRefresh:
         gone = [key for key in service.table.records if key not in present]
         for key in gone:
             service.forget(key, "is gone from LDAP")
-        evidence = appeared_before(store, (dn for dn in present if dn not in service.table.records), service.window.asked)
+        evidence = appeared_before(store, unknown, service.window.asked)
         if evidence is not None:
             service.trust.distrust(service, f"accounts appeared in the past ({evidence}; restored or slapadd-ed?)",
                                    service.clock())
         took = service.clock() - started
         service.listing.took(took, service.config.daemon.account_refresh, service.clock())
-        log.debug("account listing: %d accounts, %d gone, %.2fs; next in %.0fs", len(present), len(gone), took,
+        log.debug("account listing: %d accounts, %d gone, %.2fs; next in %.0fs", listed, len(gone), took,
                   service.listing.every)
