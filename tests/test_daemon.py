@@ -420,8 +420,8 @@ def test_an_inotify_queue_overflow_runs_a_full_sync(ldap, mail_root, setup):
         deliver(one, 20000)
     finally:
         daemon.signal(signal.SIGCONT)
-    daemon.wait_log(r"queue overflowed")
-    daemon.wait_log(r"full sync: accounts=2 ", count=2)
+    daemon.wait_log(r"queue overflowed", timeout=30)
+    daemon.wait_log(r"full sync: accounts=2 ", count=2, timeout=30)
     wait_flag(ldap, "one@example.org", "TRUE", daemon=daemon)
 
 
