@@ -1,14 +1,9 @@
 """The command line as an operator meets it: usage errors, --check-config, --show, progress."""
 
-import os
-import pty
-import select
-import subprocess
 import sys
-import time
 
 import pytest
-from helpers import REPO, config_dict, maildirsize_text, make_maildir, run_cli, write_config
+from helpers import config_dict, maildirsize_text, make_maildir, run_cli, run_on_terminal, write_config
 
 # --------------------------------------------------------------------------- no server needed
 
@@ -174,34 +169,10 @@ def test_sync_on_a_terminal_shows_progress(ldap, mail_root, tmp_path):
     make_maildir(mail_root, "p0@example.org")
     path = write_config(tmp_path / "c.yaml", config_dict(ldap, mail_root, accounts={"quota_attribute": None}))
 
-    output = _run_on_terminal([sys.executable, "-m", "ldapquota", "-c", str(path), "--sync"])
+    output = run_on_terminal([sys.executable, "-m", "ldapquota", "-c", str(path), "--sync"])
 
     assert "accounts measured" in output
     assert "accounts=500 " in output
-
-
-def _run_on_terminal(argv, timeout=120.0):
-    """Run with stdout/stderr on a pseudo-terminal and return everything it wrote."""
-    master, slave = pty.openpty()
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=str(REPO), close_fds=True)
-    os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif process.poll() is not None:
-            break
-    process.wait(timeout=10)
-    os.close(master)
-    return b"".join(chunks).decode("utf-8", "replace")
 
 
 @pytest.mark.integration

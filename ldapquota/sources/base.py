@@ -225,3 +225,17 @@ class UsageSource(abc.ABC):
 
     def close(self) -> None:
         self.reopen()
+
+
+class BatchedSource(UsageSource):
+    """A source that asks its store in batches (one program run or request for many
+    mailboxes): one mailbox is a batch of one."""
+
+    def measure(self, request: MailboxRequest, says_over: SaysOver, now: float) -> Measurement:
+        result = self.measure_many([request], says_over, now)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @abc.abstractmethod
+    def measure_many(self, requests: Sequence[MailboxRequest], says_over: SaysOver, now: float) -> List[Result]: ...

@@ -41,7 +41,7 @@ from ldapquota.cyrus_formats import (
 from ldapquota.entry import AccountEntry
 from ldapquota.errors import AccountError, MeasureError, SourceUnavailable
 from ldapquota.settings import Config, DaemonConfig
-from ldapquota.sources.base import ChangeFeed, MailboxRequest, Measurement, Result, SaysOver, UsageSource
+from ldapquota.sources.base import BatchedSource, ChangeFeed, MailboxRequest, Measurement, Result, SaysOver, UsageSource
 
 #: Up to this many roots are named on the report's command line; more, and the whole
 #: report is read (for each name, Cyrus scans a directory of its quota database).
@@ -56,7 +56,7 @@ MAX_IMAPD_CONF = 1024 * 1024
 Found = Dict[str, Optional[RootQuota]]  # root → its quota, None: not in the report
 
 
-class Source(UsageSource):
+class Source(BatchedSource):
     own_limit = "Cyrus's own quota limit"
     parallel = False  # one report answers for every mailbox
 
@@ -106,12 +106,6 @@ class Source(UsageSource):
         return event_settings(options)
 
     # ------------------------------------------------------------------ measuring
-
-    def measure(self, request: MailboxRequest, says_over: SaysOver, now: float) -> Measurement:
-        result = self.measure_many([request], says_over, now)[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def measure_many(self, requests: Sequence[MailboxRequest], says_over: SaysOver, now: float) -> List[Result]:
         roots = list(dict.fromkeys(request.mailbox for request in requests))

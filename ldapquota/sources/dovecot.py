@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence
 from ldapquota.entry import AccountEntry
 from ldapquota.errors import AccountError, MeasureError, SourceRefused, SourceUnavailable
 from ldapquota.settings import Config, DaemonConfig, DovecotConfig
-from ldapquota.sources.base import ChangeFeed, MailboxRequest, Measurement, PollingFeed, Result, SaysOver, UsageSource
+from ldapquota.sources.base import BatchedSource, ChangeFeed, MailboxRequest, Measurement, PollingFeed, Result, SaysOver
 from ldapquota.sources.doveadm_report import Outcome, choose_root, excerpt, http_outcomes, local_outcomes
 
 #: Users per doveadm run. Each costs doveadm a userdb lookup and an index read (about a
@@ -48,7 +48,7 @@ PREFETCH_FRESH = 5.0
 POLL_RATE = 20.0
 
 
-class Source(UsageSource):
+class Source(BatchedSource):
     own_limit = "Dovecot's own quota limit"
 
     def __init__(self, config: Config):
@@ -77,12 +77,6 @@ class Source(UsageSource):
 
     def describe_ready(self) -> str:
         return self.client.describe()
-
-    def measure(self, request: MailboxRequest, says_over: SaysOver, now: float) -> Measurement:
-        result = self.measure_many([request], says_over, now)[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def measure_many(self, requests: Sequence[MailboxRequest], says_over: SaysOver, now: float) -> List[Result]:
         users = list(dict.fromkeys(request.mailbox for request in requests))  # each once, in order
