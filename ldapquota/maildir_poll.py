@@ -128,6 +128,10 @@ def signature(path: str, deep: bool) -> object:
 
 
 _FIELD = 1 << 64
+#: Paths ``stat``-ed per slice at most, while the step can shrink (see current_step).
+SLICE_PATHS = 1000
+#: The shortest step between slices (seconds).
+MIN_STEP = 0.02
 
 
 class StatPoller:
@@ -149,6 +153,15 @@ class StatPoller:
 
     def __contains__(self, path: object) -> bool:
         return path in self._polled
+
+    def current_step(self) -> float:
+        """``step``, or shorter when that many paths would make one slice long: the
+        daemon's loop does nothing else while a slice is ``stat``-ed, so a slice stays
+        near SLICE_PATHS paths (a few ms) and events are not kept waiting behind it."""
+        live = len(self._polled)
+        if live <= 0:
+            return self.step
+        return max(MIN_STEP, min(self.step, self.interval * SLICE_PATHS / live))
 
     def add(self, path: str, deep: bool, now: Optional[float]) -> None:
         if deep:
@@ -186,7 +199,8 @@ class StatPoller:
             self._removed.clear()
             self.next_poll_at = None
             return changed
-        budget = slice_size(live, self.interval, self.step)
+        step = self.current_step()
+        budget = slice_size(live, self.interval, step)
         looked = 0
         # Removed paths do not count against the budget, but the loop ends after one lap at most.
         for _ in range(len(self._queue)):
@@ -205,5 +219,5 @@ class StatPoller:
                 self._polled[path] = new
                 changed.add(path)
             self._queue.append(path)
-        self.next_poll_at = now + self.step if self._polled else None
+        self.next_poll_at = now + step if self._polled else None
         return changed

@@ -135,3 +135,28 @@ def test_the_account_listing_keeps_the_tables_own_keys_and_a_few_unknown_dns():
     assert known == {dn.lower() for dn in dns[:3]}
     assert all(any(key is record.key for record in table.records.values()) for key in known)  # no copies
     assert len(unknown) == 1 and unknown[0] in {dn.lower() for dn in dns[3:]}
+
+
+def test_many_polled_paths_are_polled_in_short_slices_a_few_in_long_ones(tmp_path):
+    from ldapquota import maildir_poll
+
+    poller = StatPoller(interval=3.0, step=1.0)
+    boxes = []
+    for n in range(6 * maildir_poll.SLICE_PATHS):
+        box = tmp_path / f"m{n}"
+        box.mkdir()
+        boxes.append(str(box))
+        poller.add(str(box), False, 0.0)
+        if n == 2:
+            assert poller.current_step() == 1.0  # a few: one slice a second
+    step = poller.current_step()
+    assert step == 3.0 * maildir_poll.SLICE_PATHS / len(poller) == 0.5
+    for box in boxes:
+        (tmp_path / box / "maildirsize").write_text("100S\n")
+    seen, now = [], 0.0
+    for _ in range(6):  # one interval: every path once, SLICE_PATHS at a time
+        now += step
+        changed = poller.poll(now)
+        assert len(changed) == maildir_poll.SLICE_PATHS and poller.next_poll_at == now + step
+        seen += changed
+    assert sorted(seen) == sorted(boxes)
