@@ -217,9 +217,7 @@ def main() -> int:
         return 0
     watches = args.watches
     if watches is None:
-        from ldapquota.watcher import max_user_watches
-
-        watches = max_user_watches() or 8192
+        watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
     n = args.accounts
     trees = [("this tree", str(REPO))] + ([("baseline", args.baseline)] if args.baseline else [])
     with tempfile.TemporaryDirectory(prefix="lq-table-") as tmp:
