@@ -124,22 +124,33 @@ from ldapquota.flagstore import FlagStore
 from ldapquota.ldap.store import LdapStore
 from ldapquota.quota import QuotaState
 from ldapquota.sync import Change
-config_path, dn_file, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import os
+config_path, dn_file, rounds, slapd_pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 dns = open(dn_file).read().split()
 config = load_config(config_path)
 fine, full = QuotaState(False, None), QuotaState(True, 0)
 rates = {"one at a time": [], "pipelined": []}
+# Where the time goes: this process's CPU (all its threads: ldap3's ASYNC reader too) and
+# slapd's, per second of each counted run. A side at ~100 % of a core is the limit.
+cpu = {"one at a time": [], "pipelined": []}
+HZ = os.sysconf("SC_CLK_TCK")
+def slapd_cpu():
+    fields = open(f"/proc/{slapd_pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+def own_cpu():
+    times = os.times()
+    return times.user + times.system
 with LdapStore(config.ldap) as store:
     def run(kind, old, new, has_class):
         changes = [Change(dn, dn, old, new, has_class, "bench") for dn in dns]
-        started = time.monotonic()
+        started, client0, server0 = time.monotonic(), own_cpu(), slapd_cpu()
         if kind == "one at a time":
             outcomes = list(FlagStore.write_states(store, changes, if_unchanged=True))
         else:
             outcomes = list(store.write_states(changes, if_unchanged=True))
         took = time.monotonic() - started
         assert all(problem is None for _, problem in outcomes), [p for _, p in outcomes if p][:3]
-        return len(dns) / took
+        return len(dns) / took, ((own_cpu() - client0) / took, (slapd_cpu() - server0) / took)
     # Warm-up (not counted): the class added, the flag set and back.
     run("pipelined", fine, full, False)
     run("pipelined", full, fine, True)
@@ -147,9 +158,11 @@ with LdapStore(config.ldap) as store:
         order = ["one at a time", "pipelined"] if n % 2 == 0 else ["pipelined", "one at a time"]
         for kind in order:
             # The cold sync's write (the flag set, conditionally), then back.
-            rates[kind].append(run(kind, fine, full, True))
+            rate, shares = run(kind, fine, full, True)
+            rates[kind].append(rate)
+            cpu[kind].append(shares)
             run("pipelined", full, fine, True)
-print(json.dumps(rates))
+print(json.dumps({"rates": rates, "cpu": cpu}))
 """
 
 NAIVE_CODE = r"""
@@ -279,12 +292,12 @@ def run_measured(argv, env=None) -> tuple:
     return seconds, own, sum(peaks.values()) / 1024, out.decode()
 
 
-def write_rates(workdir: Path, config: Path, env: dict, candidates: list, people_dn: str, rounds: int) -> dict:
+def write_rates(workdir: Path, config: Path, env: dict, candidates: list, people_dn: str, rounds: int, slapd_pid: int) -> dict:
     """Writes per second, one at a time and pipelined, on accounts the syncs left alone."""
     picked = candidates[:: max(1, len(candidates) // WRITE_RATE_ACCOUNTS)][:WRITE_RATE_ACCOUNTS]
     dn_file = workdir / "write-rate-dns"
     dn_file.write_text("".join(f"uid=user{k},{people_dn}\n" for k in picked))
-    proc = subprocess.run([sys.executable, "-c", WRITE_RATE_CODE, str(config), str(dn_file), str(rounds)],
+    proc = subprocess.run([sys.executable, "-c", WRITE_RATE_CODE, str(config), str(dn_file), str(rounds), str(slapd_pid)],
                           capture_output=True, text=True, env=env, cwd=str(REPO))
     if proc.returncode != 0:
         raise SystemExit(f"write rate run failed: {proc.stderr[-3000:]}")
@@ -359,7 +372,8 @@ def main() -> int:
         measure("changed", sync)
         if not args.skip_naive:
             measure("naive", [sys.executable, "-c", NAIVE_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file), slapd.people_dn])
-        rates = write_rates(workdir, config, env, sorted(set(range(n)) - over - set(fresh)), slapd.people_dn, args.rounds)
+        rates = write_rates(workdir, config, env, sorted(set(range(n)) - over - set(fresh)), slapd.people_dn, args.rounds,
+                            slapd.pid)
 
         print(f"\nsummary ({n} accounts; median of {args.rounds} rounds where repeated, min–max in brackets; "
               f"load average over the runs {statistics.median(row[4] for rows in results.values() for row in rows):.1f} "
@@ -378,9 +392,15 @@ def main() -> int:
                   f"peak RSS {rss:6.1f} MiB, with workers {tree:6.1f} MiB")
         print("  (unchanged: measuring in worker processes, mailboxes.workers auto; "
               "unchanged/w0: measuring in the main process)")
+        cpu, rates = rates["cpu"], rates["rates"]
         one, piped = statistics.median(rates["one at a time"]), statistics.median(rates["pipelined"])
         print(f"  writes/s     one at a time {one:6.0f} [{min(rates['one at a time']):.0f}–{max(rates['one at a time']):.0f}], "
               f"pipelined {piped:6.0f} [{min(rates['pipelined']):.0f}–{max(rates['pipelined']):.0f}]: {piped / one:.2f}×")
+        for kind, shares in cpu.items():
+            client, server = statistics.median(c for c, _ in shares), statistics.median(s for _, s in shares)
+            print(f"  {'':12s} {kind}: ldapquota {100 * client:.0f} % of a core, slapd {100 * server:.0f} % "
+                  f"(CPU per write: {1e6 * client / (one if kind == 'one at a time' else piped):.0f} µs client, "
+                  f"{1e6 * server / (one if kind == 'one at a time' else piped):.0f} µs slapd)")
         if args.skip_naive:
             print(f"  naive        not run: {n} writes at {one:.0f}/s one at a time ≈ {n / one:.0f} s")
         return 0
