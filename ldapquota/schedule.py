@@ -14,10 +14,12 @@ K = TypeVar("K", bound=Hashable)
 class Debouncer(Generic[K]):
     """Collects "this key changed" notices and says when to act on each key.
 
-    :meth:`notice` acts on the first change of a quiet key at once, and folds the
-    changes that follow within ``delay`` into one more action at ``delay`` after the
-    last one: a burst of deliveries costs two measurements, and the first one is not
-    kept waiting. :meth:`touch` makes a key due ``delay`` (or any) seconds after its
+    :meth:`notice` acts on the first change of a quiet key (no change noticed for
+    ``delay``) at once, and folds the changes that follow within ``delay`` into one more
+    action at ``delay`` after the last one: a burst of deliveries costs two
+    measurements, and the first one is not kept waiting. Quiet counts from the last
+    change, not from the last action: the burst's closing action does not make the next
+    change, ``delay`` after the burst, wait another ``delay``. :meth:`touch` makes a key due ``delay`` (or any) seconds after its
     first notice. Due times are never pushed back by later notices, so a mailbox under
     a steady stream of deliveries is still acted on once per ``delay``, not starved.
     """
@@ -25,6 +27,7 @@ class Debouncer(Generic[K]):
     def __init__(self, delay: float):
         self.delay = delay
         self._acted: Dict[K, float] = {}  # key → when it was last due, oldest first
+        self._noticed: Dict[K, float] = {}  # key → its last change, oldest first
         self._due: Dict[K, float] = {}
         self._heap: List[Tuple[float, int, K]] = []
         self._counter = 0  # tie-breaker: keys need not be comparable
@@ -48,8 +51,13 @@ class Debouncer(Generic[K]):
     def notice(self, key: K, now: float) -> None:
         """A change of ``key``: due now if it was quiet for ``delay``, else ``delay``
         after it was last due (the end of the burst)."""
-        last = self._acted.get(key)
-        due = now if last is None or now - last >= self.delay else last + self.delay
+        last_change = self._noticed.pop(key, None)
+        self._noticed[key] = now  # to the end: the dict stays ordered by time
+        if last_change is None or now - last_change >= self.delay:
+            due = now
+        else:
+            acted = self._acted.get(key)
+            due = max(now, acted + self.delay) if acted is not None else now + self.delay
         self.touch(key, now, delay=due - now)
 
     def next_due(self) -> Optional[float]:
@@ -75,17 +83,19 @@ class Debouncer(Generic[K]):
         return out
 
     def _forget_quiet(self, now: float) -> None:
-        """Keys last due ``delay`` ago are quiet again: memory stays with the busy ones."""
-        acted = self._acted
-        while acted:
-            key = next(iter(acted))
-            if now - acted[key] < self.delay:
-                break
-            del acted[key]
+        """Keys last due or changed ``delay`` ago are quiet again: memory stays with the
+        busy ones."""
+        for times in (self._acted, self._noticed):
+            while times:
+                key = next(iter(times))
+                if now - times[key] < self.delay:
+                    break
+                del times[key]
 
     def discard(self, key: K) -> None:
         self._due.pop(key, None)  # its heap item becomes stale and is skipped
         self._acted.pop(key, None)
+        self._noticed.pop(key, None)
 
     def _drop_stale(self) -> None:
         while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:

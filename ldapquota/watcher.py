@@ -106,6 +106,12 @@ class Watcher:
 
     @property
     def next_poll_at(self) -> Optional[float]:
+        """When :meth:`read` or :meth:`poll` next has news without an inotify event: at once
+        while paths watched again wait to be reported (else the daemon would notice them
+        only at its next wake-up, as a late change: a mailbox just measured deeper would
+        look busy for another debounce delay)."""
+        if self._healed:
+            return 0.0
         return self.poller.next_poll_at
 
     @property

@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -379,6 +380,19 @@ def test_adding_a_deep_watch_again_retries_what_is_missing(tmp_path, watcher):
     assert watcher.add(str(box), deep=True) == "watch" and watcher.read().paths == set()
 
 
+def test_a_path_watched_deeper_is_due_for_reading_at_once_not_at_the_next_event(tmp_path, watcher):
+    """The daemon sleeps until next_poll_at or an event: the path reported changed by the
+    deeper watch must wake it now, or it is noticed late (a busy mailbox for a debounce
+    delay more)."""
+    box = maildir(tmp_path, "a")
+    assert watcher.add(str(box)) == "watch"
+    assert watcher.next_poll_at is None  # nothing polled, nothing waiting: sleep on events
+    assert watcher.add(str(box), deep=True) == "watch"
+    assert watcher.next_poll_at is not None and watcher.next_poll_at <= time.monotonic()
+    assert watcher.read().paths == {str(box)}
+    assert watcher.next_poll_at is None
+
+
 def test_a_deep_watch_sees_deliveries_into_folders(tmp_path, watcher):
     box = maildir(tmp_path, "a", maildirsize=False)
     maildir(box, ".Sent", maildirsize=False)
@@ -542,6 +556,22 @@ def test_a_burst_is_acted_on_at_its_start_and_once_more_at_its_end():
     assert debouncer.pop_due(20.0) == []  # nothing more: the burst was folded into one
 
 
+def test_a_change_after_a_quiet_spell_is_acted_on_at_once_even_just_after_a_bursts_closing_action():
+    """Quiet counts from the last change: the burst at 10.0 closed at 10.5, and a change at
+    10.6 (0.6 s after the burst's last change) is the first of a new one, not a late one."""
+    debouncer = Debouncer(0.5)
+    debouncer.notice("a", 10.0)
+    assert debouncer.pop_due(10.0) == ["a"]
+    debouncer.notice("a", 10.01)
+    assert debouncer.pop_due(10.49) == []
+    assert debouncer.pop_due(10.5) == ["a"]
+    debouncer.notice("a", 10.6)
+    assert debouncer.pop_due(10.6) == ["a"]
+    debouncer.notice("a", 10.7)  # 0.1 s after that change: folded, at 10.6 + 0.5
+    assert debouncer.pop_due(11.09) == []
+    assert debouncer.pop_due(11.1) == ["a"]
+
+
 def test_a_steady_stream_is_acted_on_once_per_delay_not_starved():
     debouncer = Debouncer(0.5)
     acted = []
@@ -558,7 +588,7 @@ def test_a_key_quiet_again_is_forgotten_and_acted_on_at_once_next_time():
     debouncer.notice("a", 0.0)
     debouncer.pop_due(0.0)
     debouncer.notice("b", 1.0)
-    debouncer.pop_due(1.0)  # "a" was last due a second ago: quiet, forgotten
-    assert "a" not in debouncer._acted
+    debouncer.pop_due(1.0)  # "a" was last due and changed a second ago: quiet, forgotten
+    assert "a" not in debouncer._acted and "a" not in debouncer._noticed
     debouncer.notice("a", 1.2)
     assert debouncer.pop_due(1.2) == ["a"]

@@ -61,7 +61,8 @@ class ChangeFeed(abc.ABC):
 
     @property
     def next_poll_at(self) -> Optional[float]:
-        """When :meth:`collect` has polling to do next (None: nothing polled)."""
+        """When :meth:`collect` next has news that no notification announces: polling
+        due, or changes it already knows of (None: nothing polled, nothing waiting)."""
         return None
 
     @abc.abstractmethod
