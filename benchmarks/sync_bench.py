@@ -455,7 +455,7 @@ def main() -> int:
               f"pipelined {piped:6.0f} [{min(rates['pipelined']):.0f}–{max(rates['pipelined']):.0f}]: {piped / one:.2f}×")
         for kind, shares in cpu.items():
             client, server = statistics.median(c for c, _ in shares), statistics.median(s for _, s in shares)
-            print(f"  {'':12s} {kind}: ldapquota {100 * client:.0f} % of a core, slapd {100 * server:.0f} % "
+            print(f"  {'':16s} {kind}: ldapquota {100 * client:.0f} % of a core, slapd {100 * server:.0f} % "
                   f"(CPU per write: {1e6 * client / (one if kind == 'one at a time' else piped):.0f} µs client, "
                   f"{1e6 * server / (one if kind == 'one at a time' else piped):.0f} µs slapd)")
         if args.skip_naive:
