@@ -7,28 +7,33 @@ mailboxes are over quota. Then, each run in its own child process (so its peak R
 own, read with wait4):
 
 * cold       the first sync: no flags yet (writes the over-quota 5 %)
-* unchanged  a sync with nothing changed (target: ≤ 1.3 × floor, zero account writes)
+* unchanged  a sync with nothing changed (target: ≤ 1.0 × the ldap3 floor, zero account writes)
 * changed    a sync after 5 % of the mailboxes changed state
 * floor      a bare ldap3 paged search of the same entries and attributes, plus a bare
              read of the same maildirsize files: the least any sync must do in Python
+             with ldap3
+* pl floor   the same with python-ldap's paged search (libldap decodes in C): the least
+             a sync reading with ``ldap.reader: python-ldap`` must do in Python
 * C floor    OpenLDAP's own ldapsearch (C) over the same entries and attributes (paged,
              -E pr=1000/noprompt, to /dev/null), then ``find | xargs cat`` of the same
              maildirsize files: the physical floor of the machine
-* the parts  ldap3 search, C search (ldapsearch) and C read (cat) alone
-* python-ldap  a bare paged search with python-ldap (C decoding, Debian's python3-ldap
-             under /usr/bin/python3; skipped when not installed): would a C-decoding
-             path bring a sync near the C floor?
+* the parts  ldap3 search, python-ldap search, C search (ldapsearch) and C read (cat) alone
 * naive      the classic script: write every account's flag, every run (--skip-naive at a
              million: at the measured one-at-a-time rate it takes N / rate seconds)
 * writes/s   the cold sync's kind of write (isOverQuota set, with the Assertion control)
              on 20,000 accounts the syncs left alone, one at a time (write_state) and
              pipelined (write_states), interleaved, each set back between rounds
 
-"unchanged" and the floors are interleaved over several rounds; the median and min–max
-are reported. LDAP writes are counted from slapd's stats log. The machine is shared:
-run it under ``nice``; the load average is printed with the figures.
+The syncs run with each ``--reader`` (ldap.reader; both by default when python-ldap is
+installed, rows suffixed /pl for python-ldap): each reader's cold sync starts from the
+same freshly loaded directory, and its changed sync flips the same 5 % (the second puts
+back what the first changed). "unchanged" and the floors are interleaved over several
+rounds; the median and min–max are reported. LDAP writes are counted from slapd's stats
+log. The machine is shared: run it under ``nice``; the load average is printed with the
+figures.
 
     .venv/bin/python benchmarks/sync_bench.py [--accounts 100000] [--rounds 3] [--dir /dev/shm]
+                                              [--reader ldap3|python-ldap|both]
 
 A million maildirs take three million inodes: more than /dev/shm allows here (3.08 M, shared
 with the other users). Give --dir a private tmpfs instead, e.g.
@@ -98,23 +103,33 @@ fi
 """
 
 PYTHON_LDAP_CODE = r"""
-import sys, ldap
-from ldap.controls import SimplePagedResultsControl
-uri, bind_dn, pw_file, base = sys.argv[1:5]
-attributes = sys.argv[5].split(",")
+import os, sys, ldap
+from ldap.controls.libldap import SimplePagedResultsControl
+uri, bind_dn, pw_file, base, root = sys.argv[1:6]
+attributes = sys.argv[6].split(",")
 conn = ldap.initialize(uri)
 conn.simple_bind_s(bind_dn, open(pw_file).read().rstrip("\n"))
 page = SimplePagedResultsControl(True, size=1000, cookie=b"")
-entries = 0
+read = entries = 0
 while True:
     msgid = conn.search_ext(base, ldap.SCOPE_SUBTREE, "(objectClass=inetOrgPerson)", attributes, serverctrls=[page])
-    _, data, _, controls = conn.result3(msgid)
-    entries += sum(1 for dn, _ in data if dn)
-    cookie = next((c.cookie for c in controls if c.controlType == SimplePagedResultsControl.controlType), b"")
-    if not cookie:
+    _, data, _, controls = conn.result3(msgid, resp_ctrl_classes={page.controlType: SimplePagedResultsControl})
+    for dn, found in data:
+        if not dn:
+            continue
+        entries += 1
+        if not root:
+            continue  # the search alone
+        local, _, domain = found["mail"][0].decode().rpartition("@")
+        try:
+            with open(os.path.join(root, domain, local, "Maildir", "maildirsize"), "rb") as handle:
+                read += len(handle.read(5121))
+        except FileNotFoundError:
+            pass
+    page.cookie = next((c.cookie for c in controls if c.controlType == page.controlType), b"")
+    if not page.cookie:
         break
-    page.cookie = cookie
-print(entries)
+print(entries, read)
 """
 
 WRITE_RATE_CODE = r"""
@@ -304,13 +319,65 @@ def write_rates(workdir: Path, config: Path, env: dict, candidates: list, people
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+READER_SUFFIX = {"ldap3": "", "python-ldap": "/pl"}
+
+
+def readers_wanted(choice):
+    """The ldap.reader values to run the syncs with."""
+    installed = subprocess.run([sys.executable, "-c", "import ldap"], capture_output=True).returncode == 0
+    if choice is None:
+        choice = "both" if installed else "ldap3"
+        if not installed:
+            print("python-ldap is not installed here: the syncs read with ldap3 only "
+                  "(pip install -e '.[fast]' for both)", flush=True)
+    wanted = ["ldap3", "python-ldap"] if choice == "both" else [choice]
+    if "python-ldap" in wanted and not installed:
+        raise SystemExit(f"--reader {choice}: python-ldap is not installed for {sys.executable} (pip install -e '.[fast]')")
+    return wanted
+
+
+def sync_commands(workdir: Path, slapd, root: Path, readers: list) -> dict:
+    """reader → (sync with workers auto, sync measuring in the main process)."""
+    policy = {"max_changes": "100%", "free_margin": FREE_MARGIN}
+    commands = {}
+    for reader in readers:
+        suffix = reader.replace("-", "")
+        ldap = {"reader": reader}
+        config = write_config(workdir / f"ldapquota-{suffix}.yaml", config_dict(slapd, root, policy=policy, ldap=ldap))
+        config0 = write_config(workdir / f"ldapquota-{suffix}-w0.yaml",
+                               config_dict(slapd, root, policy=policy, ldap=ldap, mailboxes={"workers": 0}))
+        commands[reader] = [[sys.executable, "-m", "ldapquota", "-c", str(path), "--sync", "-q"] for path in (config, config0)]
+    return commands
+
+
+def print_summary(n: int, results: dict, rounds: int) -> None:
+    print(f"\nsummary ({n} accounts; median of {rounds} rounds where repeated, min–max in brackets; "
+          f"load average over the runs {statistics.median(row[4] for rows in results.values() for row in rows):.1f} "
+          f"on {os.cpu_count()} CPUs):")
+    floors = {name: statistics.median(row[0] for row in results[name]) for name in ("floor", "pl floor", "C floor")
+              if name in results}
+    for name, rows in results.items():
+        seconds = [row[0] for row in rows]
+        median = statistics.median(seconds)
+        spread = f"[{min(seconds):.2f}–{max(seconds):.2f}]" if len(rows) > 1 else ""
+        ratios = "".join(f"{median / floor:5.2f}× {label} " for label, floor in floors.items())
+        print(f"  {name:16s} {median:7.2f} s {spread:17s} {n / median:8.0f} accounts/s  {ratios} "
+              f"LDAP writes {rows[-1][3]:7d}  peak RSS {max(row[1] for row in rows):6.1f} MiB, "
+              f"with workers {max(row[2] for row in rows):6.1f} MiB")
+    print("  (/pl: read with ldap.reader python-ldap; unchanged: measuring in worker processes, mailboxes.workers "
+          "auto; unchanged/w0: measuring in the main process)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default="/dev/shm", help="where maildirs and slapd data go (default /dev/shm)")
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive write-everything run")
+    parser.add_argument("--reader", choices=["ldap3", "python-ldap", "both"],
+                        help="ldap.reader of the syncs (default: both when python-ldap is installed)")
     args = parser.parse_args()
+    readers = readers_wanted(args.reader)
     random.seed(42)
     n = args.accounts
     over = set(random.sample(range(n), n // 20))
@@ -318,26 +385,22 @@ def main() -> int:
     slapd = None
     try:
         slapd, root = build(workdir, n, over)
-        policy = {"max_changes": "100%", "free_margin": FREE_MARGIN}
-        config = write_config(workdir / "ldapquota.yaml", config_dict(slapd, root, policy=policy))
-        config0 = write_config(workdir / "ldapquota-w0.yaml", config_dict(slapd, root, policy=policy, mailboxes={"workers": 0}))
+        pristine = slapd.slapcat() if len(readers) > 1 else None  # each reader's cold sync starts from it
+        syncs = sync_commands(workdir, slapd, root, readers)
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        sync = [sys.executable, "-m", "ldapquota", "-c", str(config), "--sync", "-q"]
-        sync0 = [sys.executable, "-m", "ldapquota", "-c", str(config0), "--sync", "-q"]
         from ldapquota.config import load_config
         from ldapquota.evaluation import Evaluator
 
-        evaluator = Evaluator(load_config(str(config)))
+        evaluator = Evaluator(load_config(str(syncs[readers[0]][0][4])))
         attributes = ",".join(evaluator.attributes)
         evaluator.close()
-        floor = [sys.executable, "-c", FLOOR_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file),
-                 slapd.people_dn, str(root), attributes]
-        c_floor = ["sh", "-c", C_FLOOR_CODE, "c-floor", find_tool("ldapsearch"), slapd.uri, slapd.ldapquota_dn,
-                   str(slapd.ldapquota_pw_file), slapd.people_dn, str(root), attributes.replace(",", " "), "both"]
+        bind = [slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file), slapd.people_dn]
+        floor = [sys.executable, "-c", FLOOR_CODE, *bind, str(root), attributes]
+        c_floor = ["sh", "-c", C_FLOOR_CODE, "c-floor", find_tool("ldapsearch"), *bind, str(root),
+                   attributes.replace(",", " "), "both"]
         python_ldap = None
-        if subprocess.run(["/usr/bin/python3", "-c", "import ldap"], capture_output=True).returncode == 0:
-            python_ldap = ["/usr/bin/python3", "-c", PYTHON_LDAP_CODE, slapd.uri, slapd.ldapquota_dn,
-                           str(slapd.ldapquota_pw_file), slapd.people_dn, attributes]
+        if subprocess.run([sys.executable, "-c", "import ldap"], capture_output=True).returncode == 0:
+            python_ldap = [sys.executable, "-c", PYTHON_LDAP_CODE, *bind, str(root), attributes]
         results = {}
 
         def measure(name, argv):
@@ -345,60 +408,54 @@ def main() -> int:
             seconds, rss, tree, out = run_measured(argv, env)
             writes = len(slapd.writes_since(mark, under=slapd.people_dn))
             results.setdefault(name, []).append((seconds, rss, tree, writes, os.getloadavg()[0]))
-            print(f"  {name:12s} {seconds:7.2f} s  {n / seconds:8.0f} accounts/s  writes={writes:6d}  "
+            print(f"  {name:16s} {seconds:7.2f} s  {n / seconds:8.0f} accounts/s  writes={writes:6d}  "
                   f"peak RSS {rss:6.1f} MiB (with workers {tree:6.1f} MiB)  load {os.getloadavg()[0]:.1f}", flush=True)
             return out
 
-        print(f"\nruns ({n} accounts, {len(over)} over quota, maildirs in {args.dir}):", flush=True)
-        measure("cold", sync)
+        print(f"\nruns ({n} accounts, {len(over)} over quota, maildirs in {args.dir}, readers {', '.join(readers)}):",
+              flush=True)
+        for k, reader in enumerate(readers):
+            if k:
+                slapd.restore(pristine)  # the directory as loaded: no flags yet
+            measure("cold" + READER_SUFFIX[reader], syncs[reader][0])
         for _ in range(args.rounds):
             measure("floor", floor)
+            if python_ldap:
+                measure("pl floor", python_ldap)
             measure("C floor", c_floor)
             # The parts: each search alone, the C read alone.
             measure("ldap3 search", floor[:-2] + ["", attributes])
-            measure("C search", c_floor[:-1] + ["search"])
             if python_ldap:
-                measure("python-ldap", python_ldap)
+                measure("pl search", python_ldap[:-2] + ["", attributes])
+            measure("C search", c_floor[:-1] + ["search"])
             measure("C read", c_floor[:-1] + ["read"])
-            measure("unchanged", sync)
-            measure("unchanged/w0", sync0)
-        # 5 % change state: half of the over-quota mailboxes are emptied, as many others fill up.
+            for reader in readers:
+                measure("unchanged" + READER_SUFFIX[reader], syncs[reader][0])
+                measure("unchanged/w0" + READER_SUFFIX[reader], syncs[reader][1])
+        # 5 % change state: half of the over-quota mailboxes are emptied, as many others
+        # fill up; the next reader's changed sync finds them put back as they were.
         changed = sorted(over)[: len(over) // 2]
         fresh = random.sample(sorted(set(range(n)) - over), len(changed))
-        for k in changed:
-            write_maildirsize(root, k, 1000, 1)
-        for k in fresh:
-            write_maildirsize(root, k, QUOTA + 1, 11)
-        measure("changed", sync)
+        for k, reader in enumerate(readers):
+            emptied, filled = (changed, fresh) if k % 2 == 0 else (fresh, changed)
+            for account in emptied:
+                write_maildirsize(root, account, 1000, 1)
+            for account in filled:
+                write_maildirsize(root, account, QUOTA + 1, 11)
+            measure("changed" + READER_SUFFIX[reader], syncs[reader][0])
         if not args.skip_naive:
-            measure("naive", [sys.executable, "-c", NAIVE_CODE, slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file), slapd.people_dn])
-        rates = write_rates(workdir, config, env, sorted(set(range(n)) - over - set(fresh)), slapd.people_dn, args.rounds,
-                            slapd.pid)
+            measure("naive", [sys.executable, "-c", NAIVE_CODE, *bind])
+        rates = write_rates(workdir, syncs[readers[0]][0][4], env, sorted(set(range(n)) - over - set(fresh)),
+                            slapd.people_dn, args.rounds, slapd.pid)
 
-        print(f"\nsummary ({n} accounts; median of {args.rounds} rounds where repeated, min–max in brackets; "
-              f"load average over the runs {statistics.median(row[4] for rows in results.values() for row in rows):.1f} "
-              f"on {os.cpu_count()} CPUs):")
-        floor_median = statistics.median(row[0] for row in results["floor"])
-        c_median = statistics.median(row[0] for row in results["C floor"])
-        for name, rows in results.items():
-            seconds = [row[0] for row in rows]
-            median = statistics.median(seconds)
-            spread = f"[{min(seconds):.2f}–{max(seconds):.2f}]" if len(rows) > 1 else ""
-            rss = max(row[1] for row in rows)
-            tree = max(row[2] for row in rows)
-            writes = rows[-1][3]
-            print(f"  {name:12s} {median:7.2f} s {spread:17s} {n / median:8.0f} accounts/s  "
-                  f"{median / floor_median:5.2f}× floor {median / c_median:5.2f}× C floor  LDAP writes {writes:7d}  "
-                  f"peak RSS {rss:6.1f} MiB, with workers {tree:6.1f} MiB")
-        print("  (unchanged: measuring in worker processes, mailboxes.workers auto; "
-              "unchanged/w0: measuring in the main process)")
+        print_summary(n, results, args.rounds)
         cpu, rates = rates["cpu"], rates["rates"]
         one, piped = statistics.median(rates["one at a time"]), statistics.median(rates["pipelined"])
         print(f"  writes/s     one at a time {one:6.0f} [{min(rates['one at a time']):.0f}–{max(rates['one at a time']):.0f}], "
               f"pipelined {piped:6.0f} [{min(rates['pipelined']):.0f}–{max(rates['pipelined']):.0f}]: {piped / one:.2f}×")
         for kind, shares in cpu.items():
             client, server = statistics.median(c for c, _ in shares), statistics.median(s for _, s in shares)
-            print(f"  {'':12s} {kind}: ldapquota {100 * client:.0f} % of a core, slapd {100 * server:.0f} % "
+            print(f"  {'':16s} {kind}: ldapquota {100 * client:.0f} % of a core, slapd {100 * server:.0f} % "
                   f"(CPU per write: {1e6 * client / (one if kind == 'one at a time' else piped):.0f} µs client, "
                   f"{1e6 * server / (one if kind == 'one at a time' else piped):.0f} µs slapd)")
         if args.skip_naive:

@@ -69,11 +69,23 @@ def _checks(config: Config, connect: Callable[[], FlagStore], source: UsageSourc
     with directory:
         who = config.ldap.bind_dn or "anonymous"
         yield Finding(OK, f"connected to {directory.server} and bound as {who}")
+        yield from _reader(config, directory)
         try:
             yield from _schema(directory)
             yield from _accounts(config, directory, source)
         except LdapQuotaError as exc:
             yield Finding(FAILED, str(exc), exc.exit_code)
+
+
+def _reader(config: Config, directory: FlagStore) -> Iterator[Finding]:
+    """Which library reads the accounts (ldap.reader), and whether it is the one asked for."""
+    if directory.reader is None:
+        return
+    if directory.reader != config.ldap.reader:
+        yield Finding(WARNING, f"ldap.reader is {config.ldap.reader}, but it cannot be imported: accounts are read "
+                               f"with {directory.reader} (install it: pip install 'ldapquota[fast]')")
+    else:
+        yield Finding(OK, f"accounts are read with {directory.reader} (ldap.reader)")
 
 
 def _schema(directory: FlagStore) -> Iterator[Finding]:

@@ -70,6 +70,7 @@ _SCHEMA: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "base_dn": kinds.dn,
         "filter": kinds.ldap_filter,
         "status_dn": kinds.optional_dn,
+        "reader": kinds.reader,
     },
     "accounts": {
         "address_attribute": kinds.attribute,

@@ -219,6 +219,13 @@ def source(value: Any) -> str:
     return text
 
 
+def reader(value: Any) -> str:
+    text = string(value).lower()
+    if text not in ("ldap3", "python-ldap"):
+        raise ValueError(f"expected ldap3 or python-ldap, got {show(value)}")
+    return text
+
+
 def on_ldap_error(value: Any) -> str:
     text = string(value).lower()
     if text not in ("defer", "accept"):

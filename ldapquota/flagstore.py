@@ -56,6 +56,8 @@ class FlagStore(abc.ABC):
 
     #: Where the store is, for messages (the URI connected to).
     server: Optional[str] = None
+    #: How accounts are read (the client library), for --check-config.
+    reader: Optional[str] = None
 
     @abc.abstractmethod
     def connect(self: S) -> S:

@@ -7,6 +7,8 @@ slapd (tests/servers/slapd.py):
     ldap              function: slapd_server, running, with an empty ou=people
                       and a pristine status entry (Slapd.reset()).
 
+reader: the ldap.reader a test runs with (ldap3; both with helpers.both_readers).
+
 Work directories (config, data, slapd.log) are removed at the end of the
 session, unless a test failed: then they are kept and their paths printed in
 the terminal summary, so slapd.log can be read.
@@ -29,6 +31,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+from helpers import python_ldap_available  # noqa: E402
 from servers.slapd import Slapd, requires, requires_slapd  # noqa: E402  (requires: for other fixtures)
 
 _FAILED = pytest.StashKey[bool]()
@@ -108,6 +111,16 @@ def ldap(slapd_server: Slapd) -> Slapd:
     slapd_server.ensure_running()
     slapd_server.reset()
     return slapd_server
+
+
+@pytest.fixture
+def reader(request: pytest.FixtureRequest) -> str:
+    """ldap.reader for a test's config: ldap3 unless the test is parametrized over
+    ``helpers.READERS`` (``@both_readers``). python-ldap missing skips, but fails on CI."""
+    name: str = getattr(request, "param", "ldap3")
+    if name == "python-ldap":
+        requires(python_ldap_available(), "python-ldap (pip install -e '.[fast]')")
+    return name
 
 
 @pytest.fixture

@@ -9,9 +9,24 @@ import time
 from pathlib import Path
 from typing import IO, Dict, Iterable, Optional, Sequence, Tuple
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The values of ldap.reader: the library that reads the accounts.
+READERS = ("ldap3", "python-ldap")
+#: Runs a test once per reader (the ``reader`` fixture of conftest.py).
+both_readers = pytest.mark.parametrize("reader", READERS, indirect=True)
+
+
+def python_ldap_available() -> bool:
+    """Is python-ldap (the extra ldapquota[fast], ldap.reader: python-ldap) importable?"""
+    try:
+        import ldap  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def make_maildir(

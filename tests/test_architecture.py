@@ -1,5 +1,5 @@
-"""The shape the code promises: a pure core without ldap3, ldap3 only in ldapquota/ldap,
-modules and functions of a size a reader can hold."""
+"""The shape the code promises: a pure core without ldap3 or python-ldap, both only in
+ldapquota/ldap, modules and functions of a size a reader can hold."""
 
 import ast
 import subprocess
@@ -13,11 +13,15 @@ PACKAGE = REPO / "ldapquota"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
-def test_the_pure_core_loads_no_ldap3():
+# ldap3, and python-ldap (the packages ldap, _ldap and the module ldapurl).
+LDAP_LIBRARIES = {"ldap3", "ldap", "_ldap", "ldapurl"}
+
+
+def test_the_pure_core_loads_no_ldap_library():
     code = (
         "import sys, ldapquota.quota, ldapquota.maildirsize, ldapquota.evaluation, ldapquota.accounts, "
         "ldapquota.parallel, ldapquota.settings, ldapquota.sources.maildir; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ldap3'))"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(LDAP_LIBRARIES)}))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -28,15 +32,15 @@ def _imports(path: Path):
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.module
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(REPO)))
-def test_only_the_ldap_package_imports_ldap3(path):
-    ldap3_imports = [name for name in _imports(path) if name.split(".")[0] == "ldap3"]
+def test_only_the_ldap_package_imports_an_ldap_library(path):
+    library_imports = [name for name in _imports(path) if name.split(".")[0] in LDAP_LIBRARIES]
     in_ldap_package = path.parent == PACKAGE / "ldap"
-    assert in_ldap_package or not ldap3_imports, f"{path.name} imports {ldap3_imports}"
+    assert in_ldap_package or not library_imports, f"{path.name} imports {library_imports}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(REPO)))

@@ -167,7 +167,8 @@ def test_spec_example_parses_to_the_defaults(tmp_path):
 
 
 SPEC_KEYS = (
-    {"ldap." + k for k in ("uri", "bind_dn", "bind_password_file", "start_tls", "ca_file", "base_dn", "filter", "status_dn")}
+    {"ldap." + k for k in ("uri", "bind_dn", "bind_password_file", "start_tls", "ca_file", "base_dn", "filter", "status_dn",
+                           "reader")}
     | {"accounts." + k for k in ("address_attribute", "quota_attribute", "quota_unit", "default_quota", "mailbox_attribute")}
     | {"mailboxes." + k for k in ("root", "path", "count_trash")}
     | {"policy." + k for k in ("over_percent", "clear_percent", "free_margin", "max_changes")}
@@ -580,6 +581,18 @@ def test_example_configs_in_examples_parse(tmp_path):
         document = yaml.safe_load(text)
         undocumented = {key for key in SPEC_KEYS if key.split(".")[1] not in (document.get(key.split(".")[0]) or {})}
         assert not undocumented, f"{example} does not show {sorted(undocumented)}"
+
+
+@pytest.mark.parametrize("value, expected", [(None, "ldap3"), ("ldap3", "ldap3"), ("Python-LDAP", "python-ldap")])
+def test_ldap_reader_is_ldap3_or_python_ldap(value, expected):
+    line = f"  reader: {value}\n" if value else ""
+    assert parse_config(f"ldap:\n  uri: ldap://h\n  base_dn: dc=x\n{line}mailboxes:\n  root: /x\n").ldap.reader == expected
+
+
+def test_ldap_reader_rejects_another_library_with_its_line():
+    text = "ldap:\n  uri: ldap://h\n  base_dn: dc=x\n  reader: python3-ldap\nmailboxes:\n  root: /x\n"
+    with pytest.raises(ConfigError, match=r"line 4: ldap.reader: expected ldap3 or python-ldap, got str 'python3-ldap'"):
+        parse_config(text, "f.yaml")
 
 
 @pytest.mark.parametrize("value, expected", [("auto", None), ("0", 0), ("3", 3)])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, alias_bomb, config_dict, maildirsize_text, make_maildir, run_cli, write_config
+from helpers import REPO, alias_bomb, both_readers, config_dict, maildirsize_text, make_maildir, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -211,12 +211,13 @@ def test_polling_alone_follows_the_mailboxes(ldap, mail_root, setup):
 # --------------------------------------------------------------------------- directory changes
 
 
-def test_new_changed_and_removed_accounts_are_picked_up(ldap, mail_root, setup):
+@both_readers
+def test_new_changed_and_removed_accounts_are_picked_up(ldap, mail_root, setup, reader):
     ldap.add_account("old@example.org", quota="100000")
     mailbox(mail_root, "old@example.org", 0, 5000)
     ldap.add_account("gone@example.org", quota="100000")
     mailbox(mail_root, "gone@example.org", 0, 5000)
-    _, daemon = setup()
+    _, daemon = setup(ldap={"reader": reader})
     daemon.start()
 
     # A new account whose mailbox is already full: flagged without any mailbox event.
@@ -362,12 +363,13 @@ def _is_zombie(pid):
 # --------------------------------------------------------------------------- outages
 
 
-def test_changes_made_while_ldap_is_down_land_when_it_is_back(ldap, mail_root, setup):
+@both_readers
+def test_changes_made_while_ldap_is_down_land_when_it_is_back(ldap, mail_root, setup, reader):
     ldap.add_account("fill@example.org", quota="10000")
     ldap.add_account("free@example.org", quota="10000")
     fill = mailbox(mail_root, "fill@example.org", 10000, 5000)
     free = mailbox(mail_root, "free@example.org", 10000, 12000)
-    _, daemon = setup()
+    _, daemon = setup(ldap={"reader": reader})
     daemon.start()
     wait_flag(ldap, "free@example.org", "TRUE", daemon=daemon)
 

@@ -5,7 +5,7 @@ import re
 import time
 
 import pytest
-from helpers import config_dict, maildirsize_text, make_maildir, run_cli, write_config
+from helpers import both_readers, config_dict, maildirsize_text, make_maildir, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -13,11 +13,13 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def config_file(tmp_path, ldap, mail_root):
-    """Write the config (with optional overrides) and return its path."""
+def config_file(tmp_path, ldap, mail_root, reader):
+    """Write the config (with optional overrides, read with ``reader``) and return its path."""
 
     def make(**sections):
-        return str(write_config(tmp_path / "ldapquota.yaml", config_dict(ldap, mail_root, **sections)))
+        config = config_dict(ldap, mail_root, **sections)
+        config["ldap"]["reader"] = reader
+        return str(write_config(tmp_path / "ldapquota.yaml", config))
 
     return make
 
@@ -46,6 +48,7 @@ def summary(result):
     return {k: float(v) if "." in v else int(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
 
 
+@both_readers
 def test_cold_sync_sets_over_quota_accounts_and_leaves_the_rest_unwritten(ldap, mail_root, config_file):
     ldap.add_account("full@example.org", quota="1000")
     ldap.add_account("fine@example.org", quota="100000000")
@@ -62,6 +65,7 @@ def test_cold_sync_sets_over_quota_accounts_and_leaves_the_rest_unwritten(ldap, 
     assert (counts["accounts"], counts["over"], counts["set"], counts["cleared"], counts["errors"]) == (2, 1, 1, 0, 0)
 
 
+@both_readers
 def test_second_sync_with_nothing_changed_writes_no_account(ldap, mail_root, config_file):
     ldap.add_account("full@example.org", quota="1000")
     ldap.add_account("near@example.org", quota=str(10 * MiB))
@@ -214,6 +218,7 @@ def test_missing_maildir_of_a_flagged_account_keeps_the_flag(ldap, mail_root, co
     assert (counts["errors"], counts["no_mailbox"]) == (1, 1)
 
 
+@both_readers
 def test_addresses_full_of_filter_metacharacters_are_measured_as_themselves(ldap, mail_root, config_file):
     for address, used in (("b*@example.org", 5000), ("x)(mail=*@example.org", 5000), ("bob@example.org", 10)):
         ldap.add_account(address, quota="1000", uid=f"u{abs(hash(address))}")
@@ -283,6 +288,7 @@ def test_missing_or_empty_mail_root_is_refused_with_exit_75(ldap, mail_root, con
 # --------------------------------------------------------------------------- directory trouble
 
 
+@both_readers
 def test_truncated_search_ends_with_exit_69_before_any_write(ldap, mail_root, config_file):
     for n in range(6):  # the limited account may see 3 entries
         ldap.add_account(f"u{n}@example.org", quota="1000")
@@ -311,6 +317,7 @@ def test_ldap_down_exits_69(mail_root, config_file, ldap):
     assert "no LDAP server reachable" in result.stderr
 
 
+@both_readers
 def test_second_uri_is_used_when_the_first_is_down(ldap, mail_root, config_file):
     import socket
 
@@ -382,6 +389,7 @@ def test_missing_maildir_of_a_nearly_full_account_keeps_its_free_bytes(ldap, mai
     assert csns(ldap) == before
 
 
+@both_readers
 def test_a_search_matching_no_account_is_refused_and_leaves_the_sync_time_alone(ldap, mail_root, config_file):
     ldap.add_account("a@example.org", quota="1000")
     make_maildir(mail_root, "a@example.org")

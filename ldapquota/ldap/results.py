@@ -1,7 +1,9 @@
-"""ldap3's exceptions and LDAP result codes → the errors of :mod:`ldapquota.errors`.
+"""ldap3's (and python-ldap's) exceptions and LDAP result codes → the errors of
+:mod:`ldapquota.errors`.
 
 The one place where that translation happens, so the rest of the program reasons in
-our terms:
+our terms, whichever library read the accounts (``ldap.reader``: python-ldap's errors are
+turned into the result ldap3 would have given, then judged by the same functions):
 
 * cannot connect, TLS failure, server gone mid-run  → DirectoryUnavailable (exit 69)
 * a search that stops early (size/time/admin limit, referral) → SearchIncomplete (exit 69)
@@ -12,7 +14,7 @@ our terms:
 * a conditional write whose entry changed meanwhile → WriteSuperseded (skipped, not an error)
 """
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from ldap3.core import exceptions as ldap_exc
 from ldap3.core import results as ldap_results
@@ -53,6 +55,9 @@ RC_ASSERTION_FAILED = 122
 # keeps nothing and answers "would have succeeded". slapd honours it without listing it
 # in supportedControl, so support is found out by trying.
 RC_NO_OPERATION = 16654
+# libldap's own codes (negative: nothing came from the server), as python-ldap raises them.
+RC_CLIENT_SERVER_DOWN = -1
+RC_CLIENT_CONNECT_ERROR = -11
 
 # ldap3 decodes result codes through this table and raises KeyError on one it lacks.
 ldap_results.RESULT_CODES.setdefault(RC_NO_OPERATION, "noOperation")
@@ -109,20 +114,24 @@ def bind_error(uri: str, bind_dn: Optional[str], result: Optional[Result]) -> Ex
 
 def check_search_result(result: Result, base: str, server: Optional[str]) -> None:
     """Raise unless a search (or one page of it) ended complete."""
+    if result.get("result") != RC_SUCCESS:
+        raise search_error(result, base, server)
+
+
+def search_error(result: Result, base: str, server: Optional[str]) -> Exception:
+    """What a search (or one page of it) that did not end in success means."""
     code = result.get("result")
-    if code == RC_SUCCESS:
-        return
     if code in _INCOMPLETE:
-        raise SearchIncomplete(
+        return SearchIncomplete(
             f"search of {base} stopped early because of {_INCOMPLETE[code]} ({describe(result)}); "
             "nothing is written. Give the bind DN unlimited size/time limits (OpenLDAP: "
             "limits dn.exact=\"<bind dn>\" size=unlimited time=unlimited)"
         )
     if code == RC_INSUFFICIENT_ACCESS:
-        raise PermissionDenied(f"search of {base} refused: {describe(result)}")
+        return PermissionDenied(f"search of {base} refused: {describe(result)}")
     if code == RC_NO_SUCH_OBJECT:
-        raise SearchIncomplete(f"ldap.base_dn {base} does not exist on {server} (or the bind DN may not see it)")
-    raise SearchIncomplete(f"search of {base} failed: {describe(result)}")
+        return SearchIncomplete(f"ldap.base_dn {base} does not exist on {server} (or the bind DN may not see it)")
+    return SearchIncomplete(f"search of {base} failed: {describe(result)}")
 
 
 def referral_error(base: str, uri: object) -> SearchIncomplete:
@@ -190,3 +199,64 @@ def assertion_failed(dn: str, expected: QuotaState, stored: Optional[QuotaState]
 def describe_state(state: QuotaState) -> str:
     free = "absent" if state.free_bytes is None else str(state.free_bytes)
     return f"{ATTR_OVER}={'TRUE' if state.over else 'FALSE/absent'}, {ATTR_FREE}={free}"
+
+
+# --------------------------------------------------------------------------- python-ldap
+# The reader of ldap.reader: python-ldap (ldapquota/ldap/fastread.py). Its LDAPError
+# carries a dict (result, desc, info, matched, ...); a negative result is libldap's own
+# (-1 server down, -5 timeout, -11 connect error: nothing came from the server). Judged
+# here without importing python-ldap, which may not be installed.
+
+
+def python_ldap_result(exc: Exception) -> Result:
+    """A python-ldap LDAPError as the result ldap3 would have given: the code named as
+    ldap3 names it, the server's diagnostic message, the referrals."""
+    details: Dict[str, Any] = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    code = details.get("result", -1)
+    message = str(details.get("info") or "")
+    referrals: List[str] = []
+    if code == RC_REFERRAL and message.startswith("Referral:\n"):
+        # python-ldap puts the referral where the server's message goes; ldap3 keeps
+        # them apart.
+        referrals, message = message.split("\n")[1:], ""
+    description = ldap_results.RESULT_CODES.get(code) if code >= 0 else None
+    return {"result": code, "description": description or details.get("desc") or type(exc).__name__,
+            "message": message, "referrals": referrals}
+
+
+def python_ldap_client_error(exc: Exception, *, secure: bool) -> Optional[str]:
+    """Why libldap gave up without an answer from the server (down, gone, timed out, TLS
+    refused), or None when the server answered (judge its result instead)."""
+    result = python_ldap_result(exc)
+    if result["result"] >= 0:
+        return None
+    text = f"{result['description']} ({result['result']})"
+    if result["message"]:
+        text += f": {result['message']}"
+    if secure and result["result"] in (RC_CLIENT_SERVER_DOWN, RC_CLIENT_CONNECT_ERROR):
+        # libldap says no more than "Can't contact LDAP server" when the TLS handshake
+        # fails; the certificate is the likelier cause when ldap3 just connected there.
+        text = ("cannot connect, or TLS failed (is the server's certificate signed by ldap.ca_file, or by the "
+                f"system's trust store when that is null, and does it name the host?): {text}")
+    return text
+
+
+def python_ldap_search_error(exc: Exception, base: str, server: Optional[str]) -> Exception:
+    """A python-ldap LDAPError from a paged search: the same errors as ldap3's."""
+    why = python_ldap_client_error(exc, secure=False)
+    if why is not None:
+        return DirectoryUnavailable(f"search of {base} failed: {why}")
+    return search_error(python_ldap_result(exc), base, server)
+
+
+def python_ldap_start_tls_error(exc: Exception, uri: str) -> DirectoryUnavailable:
+    why = python_ldap_client_error(exc, secure=True) or describe(python_ldap_result(exc))
+    return DirectoryUnavailable(f"{uri}: StartTLS did not happen ({why})")
+
+
+def python_ldap_bind_error(exc: Exception, uri: str, bind_dn: Optional[str], *, secure: bool) -> Exception:
+    """A python-ldap LDAPError from a simple bind: the same errors as ldap3's."""
+    why = python_ldap_client_error(exc, secure=secure)
+    if why is not None:
+        return DirectoryUnavailable(f"{uri}: {why}")
+    return bind_error(uri, bind_dn, python_ldap_result(exc))

@@ -4,7 +4,7 @@ modify per entry (the auxiliary class added in the same modify when missing)."""
 import functools
 import logging
 import re
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 import ldap3
 
@@ -30,6 +30,9 @@ from ldapquota.ldap.syntax import account_filter, encode_filter, generalized_tim
 from ldapquota.quota import QuotaState
 from ldapquota.settings import LdapConfig
 
+if TYPE_CHECKING:
+    from ldapquota.ldap.fastread import FastReader
+
 PAGE_SIZE = 1000
 MODIFY_TIMESTAMP = "modifyTimestamp"
 _PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
@@ -41,6 +44,10 @@ NOOP_CONTROL_OID = "1.3.6.1.4.1.4203.666.5.2"
 # atomically, in the server. Sent critical too: a server without it must refuse, not
 # write unconditionally (we then fall back, once, and say so).
 ASSERTION_CONTROL_OID = "1.3.6.1.1.12"
+
+# ldap.reader: the library that reads accounts (settings.LdapConfig.reader).
+LDAP3, PYTHON_LDAP = "ldap3", "python-ldap"
+FAST_EXTRA = "pip install 'ldapquota[fast]'"
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,10 @@ class LdapStore(FlagStore):
         self._connection: Optional[ldap3.Connection] = None
         self.server: Optional[str] = None
         self.assertions = True  # False once the server refused the Assertion control
+        #: The library the accounts are read with: ldap.reader, or ldap3 when python-ldap
+        #: cannot be imported (warned about once).
+        self.reader = PYTHON_LDAP if config.reader == PYTHON_LDAP and fast_reader() is not None else LDAP3
+        self._fast: Optional[FastReader] = None
 
     def connect(self) -> "LdapStore":
         if self._connection is not None:
@@ -67,6 +78,9 @@ class LdapStore(FlagStore):
         return self
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
         if self._connection is not None:
             ldap_connection.close(self._connection)
             self._connection = None
@@ -105,7 +119,24 @@ class LdapStore(FlagStore):
         Raises SearchIncomplete (or PermissionDenied) as soon as the server signals that
         the answer is not the whole answer, so a caller never mistakes a truncated list
         for the full one. The caller must consume the iterator to the end.
+
+        Read with ldap3 or, with ``ldap.reader: python-ldap``, by :mod:`.fastread` on a
+        connection of its own to the same server: the same entries, the same errors.
         """
+        if self.reader == PYTHON_LDAP:
+            return self._search_fast(attributes, query, page_size)
+        return self._search_ldap3(attributes, query, page_size)
+
+    def _search_fast(self, attributes: Sequence[str], query: str, page_size: int) -> Iterator[AccountEntry]:
+        if self._connection is None or self.server is None:
+            raise DirectoryUnavailable("not connected to LDAP")  # as the ldap3 search says
+        if self._fast is None:
+            reader = fast_reader()
+            assert reader is not None  # self.reader is python-ldap only when it imports
+            self._fast = reader(self.config, self.server, self.receive_timeout)
+        yield from self._fast.search(self.config.base_dn, query, attributes, page_size)
+
+    def _search_ldap3(self, attributes: Sequence[str], query: str, page_size: int) -> Iterator[AccountEntry]:
         connection = self.connection
         base = self.config.base_dn
         cookie = None
@@ -259,6 +290,20 @@ class LdapStore(FlagStore):
         except LdapLibraryError as exc:
             raise unavailable(f"writing {attempt.dn}", exc) from None
         return self.connection.result or {}
+
+
+@functools.cache  # once per process: one warning, one import
+def fast_reader() -> Optional[Type["FastReader"]]:
+    """The python-ldap reader, or None when python-ldap cannot be imported."""
+    try:
+        from ldapquota.ldap.fastread import FastReader
+    except ImportError as exc:
+        if exc.name not in ("ldap", "_ldap") and not (exc.name or "").startswith("ldap."):
+            raise  # not python-ldap missing: a bug to see
+        log.warning("ldap.reader is python-ldap, but python-ldap cannot be imported (%s): accounts are read with "
+                    "ldap3, several times slower at scale; install it with %s", exc, FAST_EXTRA)
+        return None
+    return FastReader
 
 
 class Attempt(NamedTuple):
