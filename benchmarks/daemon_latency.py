@@ -149,13 +149,14 @@ def build_maildirs(root: Path, n: int) -> None:
     print(f"  {n} maildirs under {root}: {time.monotonic() - started:.1f}s", flush=True)
 
 
-def write_config(workdir: Path, slapd: Slapd, root: Path) -> Path:
+def write_config(workdir: Path, slapd: Slapd, root: Path, reader: str = "ldap3") -> Path:
     import yaml
 
     config = {
         "ldap": {
             "uri": slapd.uri, "bind_dn": slapd.ldapquota_dn, "bind_password_file": str(slapd.ldapquota_pw_file),
             "base_dn": slapd.people_dn, "filter": "(objectClass=inetOrgPerson)", "status_dn": slapd.ldapquota_dn,
+            "reader": reader,
         },
         "accounts": {"quota_attribute": "mailQuota"},
         "mailboxes": {"root": str(root)},
@@ -309,7 +310,7 @@ def bench_size(n: int, args) -> dict:
         slapd = build_directory(workdir, n)
         root = workdir / "vmail"
         build_maildirs(root, n)
-        config = write_config(workdir, slapd, root)
+        config = write_config(workdir, slapd, root, args.reader)
         flags = Flags(slapd)
         rng = random.Random(n)
 
@@ -475,13 +476,15 @@ def main():
     parser.add_argument("--workdir", default="/dev/shm")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--reader", choices=["ldap3", "python-ldap"], default="ldap3",
+                        help="ldap.reader of the daemon and of the --sync baseline (python-ldap: the [fast] extra)")
     parser.add_argument("--watch-limit", type=int,
                         help="raise fs.inotify.max_user_watches to this for the run (root; restored at the end)")
     args = parser.parse_args()
     if args.cron_live and not args.cron_live_trials:
         args.cron_live_trials = 5
     print(f"ldapquota daemon benchmark: {os.cpu_count()} CPUs, maildirs and slapd under {args.workdir} (tmpfs), "
-          f"fs.inotify.max_user_watches={WATCH_LIMIT.read_text().strip()}")
+          f"fs.inotify.max_user_watches={WATCH_LIMIT.read_text().strip()}, ldap.reader {args.reader}")
     sizes = [args.accounts] if args.accounts else [int(size) for size in args.sizes.split(",")]
     print(f"load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
     with watch_limit(args.watch_limit):
