@@ -8,7 +8,8 @@ For each size (default 10,000 and 100,000 mailboxes) this builds its own world:
   (and flagged, as after a previous sync);
 * N maildirs under /dev/shm (tmpfs: building 100k maildirs on disk takes minutes here,
   see shared/reference/benchmarking.md): ``cur/ new/ tmp/``, one message whose size is in
-  its name (``,S=``), and a one-line ``maildirsize``.
+  its name (``,S=``), and a one-line ``maildirsize`` (a day old for the mailboxes over
+  quota, as when an MDA has been refusing their mail).
 
 Then, with the daemon (``ldapquota --foreground``, default config, i.e. ``debounce 0.5s``)
 running as a child process:
@@ -146,6 +147,10 @@ def build_maildirs(root: Path, n: int) -> None:
         open(path / "cur" / f"1.bench,S={used}:2,S", "w").close()
         with open(path / "maildirsize", "w") as handle:
             handle.write(f"{LIMIT}S\n{used} 1\n")
+        if is_over(i):
+            # Over quota for a day already (an MDA refusing mail leaves maildirsize alone):
+            # its over verdict is stale, so the daemon walks it and watches it deep.
+            os.utime(path / "maildirsize", (time.time() - 86400,) * 2)
     print(f"  {n} maildirs under {root}: {time.monotonic() - started:.1f}s", flush=True)
 
 

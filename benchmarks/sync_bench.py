@@ -211,9 +211,19 @@ def address(n: int) -> str:
 
 
 def write_maildirsize(root: Path, n: int, used: int, count: int) -> None:
+    """The mailbox's ``maildirsize``, and one message in ``cur/`` whose name carries the
+    same size: a walk (Maildir++ recount) must agree with the file, as it does in a real
+    store. Without it, an over-quota ``maildirsize`` left 15 minutes old is walked (the
+    Courier rule, docs/maildir-and-mta-facts.md) and found empty, and a sync then clears
+    every over-quota flag in the middle of the benchmark."""
     local, _, domain = address(n).rpartition("@")
-    path = root / domain / local / "Maildir" / "maildirsize"
-    path.write_text(f"{QUOTA}S\n{used} {count}\n")
+    maildir = root / domain / local / "Maildir"
+    cur = maildir / "cur"
+    cur.mkdir(exist_ok=True)
+    for old in cur.iterdir():
+        old.unlink()
+    (cur / f"1.bench,S={used}:2,S").touch()
+    (maildir / "maildirsize").write_text(f"{QUOTA}S\n{used} {count}\n")
 
 
 def build(workdir: Path, accounts: int, over: set) -> tuple:

@@ -82,8 +82,8 @@ def _reader(config: Config, directory: FlagStore) -> Iterator[Finding]:
     if directory.reader is None:
         return
     if directory.reader != config.ldap.reader:
-        yield Finding(WARNING, f"ldap.reader is {config.ldap.reader}, but it cannot be imported: accounts are read "
-                               f"with {directory.reader} (install it: pip install 'ldapquota[fast]')")
+        note = directory.reader_note or "it cannot be used"
+        yield Finding(WARNING, f"ldap.reader is {config.ldap.reader}, but {note}")
     else:
         yield Finding(OK, f"accounts are read with {directory.reader} (ldap.reader)")
 

@@ -58,6 +58,8 @@ class FlagStore(abc.ABC):
     server: Optional[str] = None
     #: How accounts are read (the client library), for --check-config.
     reader: Optional[str] = None
+    #: Why that is not the library the configuration asks for (None: it is).
+    reader_note: Optional[str] = None
 
     @abc.abstractmethod
     def connect(self: S) -> S:

@@ -21,7 +21,9 @@ class Debouncer(Generic[K]):
     change, not from the last action: the burst's closing action does not make the next
     change, ``delay`` after the burst, wait another ``delay``. :meth:`touch` makes a key due ``delay`` (or any) seconds after its
     first notice. Due times are never pushed back by later notices, so a mailbox under
-    a steady stream of deliveries is still acted on once per ``delay``, not starved.
+    a steady stream of deliveries is still acted on once per ``delay``, not starved (and
+    no key is acted on more than twice per ``delay``: once at a burst's start, once more
+    at its end).
     """
 
     def __init__(self, delay: float):

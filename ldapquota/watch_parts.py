@@ -1,8 +1,10 @@
 """The inotify watcher's bookkeeping, kept small (most of a million mailboxes may be
 watched): per maildir, its watch (:class:`Watch`); per watch descriptor, whom it serves
-(:data:`Owners`, a bare path in the usual case of one maildir's own watch)."""
+(:data:`Owners`, a bare path in the usual case of one maildir's own watch); and what one
+read of the watcher found (:class:`Changes`)."""
 
-from typing import Dict, List, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Dict, List, Set, Tuple, Union
 
 #: The parts of a maildir's watch while it has none (most of them): shared, never written.
 NO_SUBS: Dict[str, int] = {}
@@ -37,3 +39,12 @@ class Watch:
         #: part → watch: "new", "cur", ".Folder/new", ".Folder/cur", and ".Folder" itself
         #: while one of its new/ or cur/ is missing (to see it appear)
         self.subs: Dict[str, int] = NO_SUBS
+
+
+@dataclass
+class Changes:
+    """What one read of the watcher found."""
+
+    paths: Set[str] = field(default_factory=set)
+    overflow: bool = False  # the kernel dropped events: anything may have changed
+    unmounted: bool = False  # a watched file system went away

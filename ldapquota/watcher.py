@@ -30,11 +30,11 @@ overflow (events lost) is reported so the caller can fall back on a full sync.
 import errno
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ldapquota.maildir_poll import DEEP_PARTS, MAILDIRSIZE, StatPoller, folders, identity, is_folder, signature, watch_limits
-from ldapquota.watch_parts import NO_SUBS, Owners, Watch, expand, pack
+from ldapquota.mounts import LocalFileSystems
+from ldapquota.watch_parts import NO_SUBS, Changes, Owners, Watch, expand, pack
 
 try:  # pragma: no cover - the import itself is what is tested
     from inotify_simple import INotify
@@ -67,15 +67,6 @@ if _flags is not None:
     _ENTRY_EVENTS = _ENTRIES
 
 
-@dataclass
-class Changes:
-    """What one read of the watcher found."""
-
-    paths: Set[str] = field(default_factory=set)
-    overflow: bool = False  # the kernel dropped events: anything may have changed
-    unmounted: bool = False  # a watched file system went away
-
-
 class Watcher:
     """Tells which watched maildir paths changed, by inotify or by polling."""
 
@@ -101,15 +92,15 @@ class Watcher:
         self._limit_reached = False  # the kernel's watch limit: stop trying until reset
         self._limit_warned = False
         self._healed: Set[str] = set()  # re-watched paths: reported changed by the next read()
+        self._local = LocalFileSystems()
 
     # ------------------------------------------------------------------ state
 
     @property
     def next_poll_at(self) -> Optional[float]:
-        """When :meth:`read` or :meth:`poll` next has news without an inotify event: at once
-        while paths watched again wait to be reported (else the daemon would notice them
-        only at its next wake-up, as a late change: a mailbox just measured deeper would
-        look busy for another debounce delay)."""
+        """When there is news without an inotify event: at once while paths watched again
+        wait to be reported (noticed only at the next wake-up, they would look like a late
+        change, and delay the next real one by a debounce)."""
         if self._healed:
             return 0.0
         return self.poller.next_poll_at
@@ -141,6 +132,15 @@ class Watcher:
         if path in self.poller:
             return "poll"
         return None
+
+    def sees_everything(self, path: str) -> bool:
+        """Does inotify report every change that can move ``path``'s usage? Only a
+        complete deep watch (an incomplete one is polled) on the directory ``path`` names
+        now, on a local file system, does. One ``stat``."""
+        watch = self._watched.get(path)
+        if watch is None or not watch.deep or identity(path) != watch.ident:
+            return False
+        return self._local.is_local(watch.ident[0])
 
     def fileno(self) -> Optional[int]:
         return self._inotify.fileno() if self._inotify is not None else None

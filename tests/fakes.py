@@ -297,6 +297,7 @@ class FakeFeed(ChangeFeed):
         self.follows: List[str] = []  # every follow() call, in order
         self.unfollows: List[str] = []
         self.poorly: Set[str] = set()  # keys following_well() says no to
+        self.complete: Set[str] = set()  # keys whose every change it would report
         self.retries = 0
         self.closed = False
         self._changes = FeedChanges()
@@ -320,6 +321,9 @@ class FakeFeed(ChangeFeed):
 
     def following_well(self, key: str) -> bool:
         return key not in self.poorly
+
+    def sees_every_change(self, key: str) -> bool:
+        return key in self.complete
 
     def retry_limit(self) -> None:
         self.retries += 1

@@ -223,6 +223,21 @@ def test_over_quota_mailboxes_are_measured_again_without_events(make):
     assert h.directory.flag(dn) == "FALSE"
 
 
+def test_over_quota_mailboxes_whose_every_change_the_feed_reports_are_not_measured_again(make):
+    h = make()
+    seen = h.account("seen@example.org", used=5000)
+    unseen = h.account("unseen@example.org", used=5000)
+    h.start()
+    h.feed.complete.add("seen@example.org")  # e.g. a complete deep inotify watch on a local disk
+    measured = len(h.source.measured)
+    h.source.set_usage("seen@example.org", 10)  # (a real feed would have reported this)
+    h.source.set_usage("unseen@example.org", 10)
+    h.step(30)
+    h.step()
+    assert h.source.measured[measured:] == ["unseen@example.org"]
+    assert h.directory.flag(unseen) == "FALSE" and h.directory.flag(seen) == "TRUE"
+
+
 def test_disabled_and_deleted_accounts_are_forgotten(make):
     h = make()
     disabled = h.account("disabled@example.org")

@@ -393,6 +393,22 @@ def test_a_path_watched_deeper_is_due_for_reading_at_once_not_at_the_next_event(
     assert watcher.next_poll_at is None
 
 
+def test_only_a_complete_deep_watch_on_a_local_disk_sees_everything(tmp_path, watcher, monkeypatch):
+    box = maildir(tmp_path, "a")
+    assert watcher.add(str(box)) == "watch"
+    assert not watcher.sees_everything(str(box))  # maildirsize only: a walk would see more
+    watcher.add(str(box), deep=True)
+    assert watcher.sees_everything(str(box))
+    assert not watcher.sees_everything(str(tmp_path / "unknown"))
+    os.rename(box, tmp_path / "b")  # the watch now follows a directory the path no longer names
+    maildir(tmp_path, "a")
+    assert not watcher.sees_everything(str(box))
+    watcher.add(str(box), deep=True)
+    assert watcher.sees_everything(str(box))
+    monkeypatch.setattr(watcher._local, "is_local", lambda device: False)  # NFS, say
+    assert not watcher.sees_everything(str(box))
+
+
 def test_a_deep_watch_sees_deliveries_into_folders(tmp_path, watcher):
     box = maildir(tmp_path, "a", maildirsize=False)
     maildir(box, ".Sent", maildirsize=False)

@@ -5,13 +5,16 @@ of a million entries: ldap3 32.4 s, python-ldap 10.0 s, OpenLDAP's ldapsearch 7.
 
 Only the paged subtree searches of :meth:`LdapStore.search` come here, on a connection of
 their own to the server the store's ldap3 connection bound to, opened by the first search
-and closed with the store. Its rules are those of :mod:`.connection`: TLS always verified
-(certificate and host name), a StartTLS that did not happen an error, the connection and
-every answer bounded in time, the same bind, referrals never chased. Writes stay on ldap3.
-What goes wrong is judged by :mod:`.results`, as ldap3's failures are.
+and closed with the store: the same bind, referrals never chased, the connection and every
+wait bounded in time (also a read stalled in the middle of a message). Never over TLS:
+libldap's TLS handshake has no time limit (store.TLS_NOTE), so with ldaps:// or start_tls
+ldap3 reads. Writes stay on ldap3. What goes wrong is judged by :mod:`.results`, as
+ldap3's failures are.
 """
 
-import ssl
+import os
+import socket
+import struct
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import ldap
@@ -19,14 +22,9 @@ from ldap.controls.libldap import SimplePagedResultsControl
 from ldap.ldapobject import LDAPObject
 
 from ldapquota.entry import AccountEntry
+from ldapquota.errors import DirectoryUnavailable
 from ldapquota.ldap.connection import CONNECT_TIMEOUT
-from ldapquota.ldap.results import (
-    python_ldap_bind_error,
-    python_ldap_result,
-    python_ldap_search_error,
-    python_ldap_start_tls_error,
-    referral_error,
-)
+from ldapquota.ldap.results import python_ldap_bind_error, python_ldap_result, python_ldap_search_error, referral_error
 from ldapquota.settings import LdapConfig
 
 _PAGED = SimplePagedResultsControl.controlType
@@ -97,28 +95,26 @@ def _text_or_bytes(value: bytes) -> Any:
 
 
 def connect(config: LdapConfig, uri: str, receive_timeout: float) -> LDAPObject:
-    """A bound python-ldap connection to ``uri`` under :mod:`.connection`'s rules. Raises
-    DirectoryUnavailable, or PermissionDenied when the bind is refused."""
-    secure = uri.lower().startswith("ldaps://") or config.start_tls
+    """A bound python-ldap connection to ``uri`` (never TLS: see store.TLS_NOTE), every
+    wait bounded. Raises DirectoryUnavailable, or PermissionDenied when the bind is refused."""
+    if uri.lower().startswith("ldaps://") or config.start_tls:
+        raise DirectoryUnavailable(f"{uri}: python-ldap does not read over TLS here (ldap3 does)")
     connection = ldap.initialize(uri)  # no I/O yet: the first operation connects
     connection.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
     connection.set_option(ldap.OPT_REFERRALS, 0)  # a referral is an error here, never followed
     connection.set_option(ldap.OPT_DEREF, ldap.DEREF_ALWAYS)  # as ldap3 searches (libldap's default: never)
+    # No limits from ldap.conf, ~/.ldaprc or $LDAPTIMELIMIT: ldap3 asks for none either.
+    connection.set_option(ldap.OPT_TIMELIMIT, 0)
+    connection.set_option(ldap.OPT_SIZELIMIT, 0)
     connection.set_option(ldap.OPT_NETWORK_TIMEOUT, CONNECT_TIMEOUT)
     connection.set_option(ldap.OPT_TIMEOUT, receive_timeout)
     connection.timeout = receive_timeout  # what python-ldap's synchronous calls wait for
-    if secure:
-        _verify_tls(connection, config.ca_file)
     try:
-        if config.start_tls:
-            try:
-                connection.start_tls_s()  # raises when TLS did not start: never clear text
-            except ldap.LDAPError as exc:
-                raise python_ldap_start_tls_error(exc, uri) from None
         try:
             connection.simple_bind_s(config.bind_dn or "", config.bind_password or "")
         except ldap.LDAPError as exc:
-            raise python_ldap_bind_error(exc, uri, config.bind_dn, secure=secure) from None
+            raise python_ldap_bind_error(exc, uri, config.bind_dn) from None
+        _bound_socket_waits(connection, receive_timeout)
     except Exception:
         try:
             connection.unbind_s()
@@ -128,22 +124,18 @@ def connect(config: LdapConfig, uri: str, receive_timeout: float) -> LDAPObject:
     return connection
 
 
-def _verify_tls(connection: LDAPObject, ca_file: Optional[str]) -> None:
-    """The TLS rules of :func:`.connection._tls` in libldap's terms, for this connection
-    alone (libldap's defaults are process-wide and may come from ldap.conf)."""
-    # DEMAND: no certificate, or one not signed by a trusted CA, ends the handshake; libldap
-    # then also checks that it names the host of the URI.
-    connection.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
-    # As ldap3's ssl.PROTOCOL_TLS_CLIENT allows (Python >= 3.10): TLS 1.2 and later.
-    connection.set_option(ldap.OPT_X_TLS_PROTOCOL_MIN, ldap.OPT_X_TLS_PROTOCOL_TLS1_2)
-    if ca_file:
-        connection.set_option(ldap.OPT_X_TLS_CACERTFILE, ca_file)
-    else:
-        # The system's trust store, the one ldap3 (Python's ssl) uses, rather than
-        # whatever TLS_CACERT in ldap.conf says.
-        system = ssl.get_default_verify_paths()
-        if system.cafile:
-            connection.set_option(ldap.OPT_X_TLS_CACERTFILE, system.cafile)
-        if system.capath:
-            connection.set_option(ldap.OPT_X_TLS_CACERTDIR, system.capath)
-    connection.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # a context of its own, with the settings above
+def _bound_socket_waits(connection: LDAPObject, seconds: float) -> None:
+    """Bound every read and write of the connection's socket. The result timeout bounds
+    only the wait between whole messages: libldap's socket blocks, so a server or network
+    stalling in the middle of a message (a page spans many TCP segments) would block the
+    read for ever, in C, past SIGTERM. With SO_RCVTIMEO the read fails instead, libldap
+    says TIMEOUT or SERVER_DOWN, and the search is an error (DirectoryUnavailable)."""
+    descriptor = connection.get_option(ldap.OPT_DESC)
+    if not isinstance(descriptor, int) or descriptor < 0:
+        raise DirectoryUnavailable("python-ldap connection without a socket after the bind")
+    timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    # A second socket object on a duplicate descriptor: the options are the socket's,
+    # and closing the duplicate leaves libldap's descriptor open.
+    with socket.socket(fileno=os.dup(descriptor)) as view:
+        view.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        view.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)

@@ -212,7 +212,8 @@ def python_ldap_result(exc: Exception) -> Result:
     """A python-ldap LDAPError as the result ldap3 would have given: the code named as
     ldap3 names it, the server's diagnostic message, the referrals."""
     details: Dict[str, Any] = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    code = details.get("result", -1)
+    # A timeout raised by python-ldap itself has no dict, only its errnum (-5).
+    code = details.get("result", getattr(exc, "errnum", -1))
     message = str(details.get("info") or "")
     referrals: List[str] = []
     if code == RC_REFERRAL and message.startswith("Referral:\n"):
@@ -224,39 +225,29 @@ def python_ldap_result(exc: Exception) -> Result:
             "message": message, "referrals": referrals}
 
 
-def python_ldap_client_error(exc: Exception, *, secure: bool) -> Optional[str]:
-    """Why libldap gave up without an answer from the server (down, gone, timed out, TLS
-    refused), or None when the server answered (judge its result instead)."""
+def python_ldap_client_error(exc: Exception) -> Optional[str]:
+    """Why libldap gave up without an answer from the server (down, gone, timed out), or
+    None when the server answered (judge its result instead)."""
     result = python_ldap_result(exc)
     if result["result"] >= 0:
         return None
     text = f"{result['description']} ({result['result']})"
     if result["message"]:
         text += f": {result['message']}"
-    if secure and result["result"] in (RC_CLIENT_SERVER_DOWN, RC_CLIENT_CONNECT_ERROR):
-        # libldap says no more than "Can't contact LDAP server" when the TLS handshake
-        # fails; the certificate is the likelier cause when ldap3 just connected there.
-        text = ("cannot connect, or TLS failed (is the server's certificate signed by ldap.ca_file, or by the "
-                f"system's trust store when that is null, and does it name the host?): {text}")
     return text
 
 
 def python_ldap_search_error(exc: Exception, base: str, server: Optional[str]) -> Exception:
     """A python-ldap LDAPError from a paged search: the same errors as ldap3's."""
-    why = python_ldap_client_error(exc, secure=False)
+    why = python_ldap_client_error(exc)
     if why is not None:
         return DirectoryUnavailable(f"search of {base} failed: {why}")
     return search_error(python_ldap_result(exc), base, server)
 
 
-def python_ldap_start_tls_error(exc: Exception, uri: str) -> DirectoryUnavailable:
-    why = python_ldap_client_error(exc, secure=True) or describe(python_ldap_result(exc))
-    return DirectoryUnavailable(f"{uri}: StartTLS did not happen ({why})")
-
-
-def python_ldap_bind_error(exc: Exception, uri: str, bind_dn: Optional[str], *, secure: bool) -> Exception:
+def python_ldap_bind_error(exc: Exception, uri: str, bind_dn: Optional[str]) -> Exception:
     """A python-ldap LDAPError from a simple bind: the same errors as ldap3's."""
-    why = python_ldap_client_error(exc, secure=secure)
+    why = python_ldap_client_error(exc)
     if why is not None:
         return DirectoryUnavailable(f"{uri}: {why}")
     return bind_error(uri, bind_dn, python_ldap_result(exc))

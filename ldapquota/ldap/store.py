@@ -67,8 +67,8 @@ class LdapStore(FlagStore):
         self.server: Optional[str] = None
         self.assertions = True  # False once the server refused the Assertion control
         #: The library the accounts are read with: ldap.reader, or ldap3 when python-ldap
-        #: cannot be imported (warned about once).
-        self.reader = PYTHON_LDAP if config.reader == PYTHON_LDAP and fast_reader() is not None else LDAP3
+        #: cannot be imported or TLS is in use (warned about once; reader_note says why).
+        self.reader, self.reader_note = choose_reader(config)
         self._fast: Optional[FastReader] = None
 
     def connect(self) -> "LdapStore":
@@ -290,6 +290,30 @@ class LdapStore(FlagStore):
         except LdapLibraryError as exc:
             raise unavailable(f"writing {attempt.dn}", exc) from None
         return self.connection.result or {}
+
+
+def choose_reader(config: LdapConfig) -> Tuple[str, Optional[str]]:
+    """(ldap.reader to use, why it is not the one configured)."""
+    if config.reader != PYTHON_LDAP:
+        return LDAP3, None
+    if config.start_tls or any(uri.lower().startswith("ldaps://") for uri in config.uris):
+        _warn_once(TLS_NOTE)
+        return LDAP3, TLS_NOTE
+    if fast_reader() is None:
+        return LDAP3, f"python-ldap cannot be imported (install it: {FAST_EXTRA})"
+    return PYTHON_LDAP, None
+
+
+#: Why python-ldap never reads over TLS: libldap (2.5, GnuTLS, tried here) bounds neither
+#: the TLS handshake in time nor a read stalled within a TLS record, and a hung call into C
+#: cannot be interrupted, not even by SIGTERM. Every wait must be bounded (contract §10).
+TLS_NOTE = ("python-ldap is not used over TLS (ldaps:// or start_tls), where libldap's handshake has no time "
+            "limit: accounts are read with ldap3")
+
+
+@functools.cache  # once per process and text
+def _warn_once(text: str) -> None:
+    log.warning("ldap.reader is python-ldap, but %s", text)
 
 
 @functools.cache  # once per process: one warning, one import

@@ -214,7 +214,7 @@ class Service:
         now = self.clock()
         if self.recheck.is_due(now):
             if not (self.feed is not None and self.feed.polls_everything):
-                for key in self.table.over:
+                for key in self.table.over_to_recheck():
                     self.debouncer.touch(key, now, delay=0.0)
             self.recheck.done(now)
 

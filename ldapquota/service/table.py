@@ -129,6 +129,18 @@ class AccountTable:
             record.has_class = True
         self.mark_over(key, state.over)
 
+    def over_to_recheck(self) -> List[str]:
+        """Over-quota keys to measure again (``daemon.over_recheck``): freed space may go
+        unnoticed (NFS, a client that leaves maildirsize alone), and an over verdict read
+        from maildirsize is walked once stale. Not those whose every change the feed reports."""
+        feed = self.feed
+        keys = []
+        for key in self.over:
+            mailbox = self.records[key].mailbox if key in self.records else None
+            if mailbox is None or feed is None or not feed.sees_every_change(mailbox):
+                keys.append(key)
+        return keys
+
     def mark_over(self, key: str, over: bool) -> None:
         if over:
             self.over.add(key)

@@ -80,6 +80,12 @@ class ChangeFeed(abc.ABC):
         """Is ``key`` followed as well as it can be (False: try :meth:`follow` again)."""
         return True
 
+    def sees_every_change(self, key: str) -> bool:
+        """Will notifications alone tell of every change that can move this mailbox's
+        usage? Then the daemon does not re-measure it while it is over quota
+        (``daemon.over_recheck``). False unless the feed knows better."""
+        return False
+
     def retry_limit(self) -> None:
         """A full sync starts: try again what a resource limit made the feed give up."""
 

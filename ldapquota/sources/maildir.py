@@ -141,6 +141,13 @@ class MaildirFeed(ChangeFeed):
     def following_well(self, key: str) -> bool:
         return self.watcher.mode(key) == "watch"
 
+    def sees_every_change(self, key: str) -> bool:
+        # A mailbox measured by walking it has a deep watch (see follow): every delivery,
+        # expunge and folder change shows up. One measured from maildirsize has only its
+        # directory watched: space freed without maildirsize noticing (a non-Maildir++
+        # client) is found by re-measuring, which walks once the over verdict is stale.
+        return self.watcher.sees_everything(key)
+
     def retry_limit(self) -> None:
         self.watcher.retry_limit()
 
