@@ -15,8 +15,9 @@ own, read with wait4):
 * pl floor   the same with python-ldap's paged search (libldap decodes in C): the least
              a sync reading with ``ldap.reader: python-ldap`` must do in Python
 * C floor    OpenLDAP's own ldapsearch (C) over the same entries and attributes (paged,
-             -E pr=1000/noprompt, to /dev/null), then ``find | xargs cat`` of the same
-             maildirsize files: the physical floor of the machine
+             -E pr=1000/noprompt, to /dev/null), then ``xargs cat`` of the same
+             maildirsize files (their paths listed beforehand, untimed): the physical
+             floor of the machine
 * the parts  ldap3 search, python-ldap search, C search (ldapsearch) and C read (cat) alone
 * naive      the classic script: write every account's flag, every run (--skip-naive at a
              million: at the measured one-at-a-time rate it takes N / rate seconds)
@@ -98,7 +99,7 @@ if [ "$8" != read ]; then
   "$1" -x -LLL -H "$2" -D "$3" -y "$4" -b "$5" -E pr=1000/noprompt -o ldif-wrap=no "(objectClass=inetOrgPerson)" $7 > /dev/null
 fi
 if [ "$8" != search ]; then
-  find "$6" -name maildirsize -print0 | xargs -0 cat > /dev/null
+  xargs -0 cat < "$6" > /dev/null
 fi
 """
 
@@ -406,7 +407,14 @@ def main() -> int:
         evaluator.close()
         bind = [slapd.uri, slapd.ldapquota_dn, str(slapd.ldapquota_pw_file), slapd.people_dn]
         floor = [sys.executable, "-c", FLOOR_CODE, *bind, str(root), attributes]
-        c_floor = ["sh", "-c", C_FLOOR_CODE, "c-floor", find_tool("ldapsearch"), *bind, str(root),
+        # The files cat reads, named in advance (as the floors in Python compute each path
+        # from the address): `find` would add a walk of every directory, which no sync does.
+        paths = workdir / "maildirsize-paths"
+        with open(paths, "w") as listing:
+            for k in range(n):
+                local, _, domain = address(k).rpartition("@")
+                listing.write(f"{root}/{domain}/{local}/Maildir/maildirsize\0")
+        c_floor = ["sh", "-c", C_FLOOR_CODE, "c-floor", find_tool("ldapsearch"), *bind, str(paths),
                    attributes.replace(",", " "), "both"]
         python_ldap = None
         if subprocess.run([sys.executable, "-c", "import ldap"], capture_output=True).returncode == 0:
