@@ -40,18 +40,21 @@ def is_remote(fstype: str) -> bool:
 
 
 class LocalFileSystems:
-    """Answers "is this device a local file system?", re-reading mountinfo when a device
-    it has not seen turns up (a file system mounted since)."""
+    """Answers "is this device a local file system?", re-reading mountinfo once when a
+    device it has not seen turns up (a file system mounted since). A device mountinfo
+    does not name (a btrfs subvolume, say) is remembered as unknown, so asking about it
+    again (every over_recheck, for each such mailbox) does not read the file again."""
 
     def __init__(self, mountinfo: str = MOUNTINFO):
         self.mountinfo = mountinfo
-        self._types: Optional[Dict[int, str]] = None
+        self._types: Optional[Dict[int, Optional[str]]] = None
 
     def is_local(self, device: int) -> bool:
         types = self._types
         if types is None or device not in types:
-            types = self._types = self._read()
-        fstype = types.get(device)
+            types = self._types = dict(self._read())
+            types.setdefault(device, None)
+        fstype = types[device]
         return fstype is not None and not is_remote(fstype)
 
     def _read(self) -> Dict[int, str]:

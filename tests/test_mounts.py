@@ -33,9 +33,10 @@ def test_only_a_known_local_device_is_local_and_a_new_one_makes_it_read_again(tm
     assert not local.is_local(os.makedev(0, 45))  # NFS
     assert not local.is_local(os.makedev(0, 46))  # FUSE
     assert not local.is_local(os.makedev(9, 9))  # unknown: not vouched for
-    with open(info, "a") as handle:  # mounted since
-        handle.write("43 22 9:9 / /srv rw - ext4 /dev/md0 rw\n")
-    assert local.is_local(os.makedev(9, 9))
+    info.unlink()  # an unknown device asked about again is not looked up again
+    assert not local.is_local(os.makedev(9, 9)) and local.is_local(os.makedev(8, 1))
+    info.write_text(MOUNTINFO + "43 22 7:7 / /srv rw - ext4 /dev/md0 rw\n")  # mounted since
+    assert local.is_local(os.makedev(7, 7))
     assert not LocalFileSystems(str(tmp_path / "missing")).is_local(os.makedev(8, 1))
 
 

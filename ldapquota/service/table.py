@@ -136,8 +136,8 @@ class AccountTable:
         feed = self.feed
         keys = []
         for key in self.over:
-            mailbox = self.records[key].mailbox if key in self.records else None
-            if mailbox is None or feed is None or not feed.sees_every_change(mailbox):
+            record = self.records.get(key)
+            if record is None or record.mailbox is None or feed is None or not feed.sees_every_change(record.mailbox):
                 keys.append(key)
         return keys
 
